@@ -174,7 +174,7 @@ def test_cli_json_report_and_errors(planted, cli, tmp_path):
     code, out, err = cli("analyze", ad, "--json")  # without --data: no eval fields in the JSON
     assert code == 0 and "truncation_curve" not in json.loads(out)
     code, out, err = cli("analyze", ad, "--model", model_dir, "--data", data, "--ranks", "1,2")  # human output
-    assert code == 0 and "recommended rank from eval data: 2" in err
+    assert code == 0 and "recommended rank from eval data: 2" in err and "train at r=2 and r=4" in err
     for args, msg in [
         (("--model", model_dir, "--data", tmp_path / "missing.jsonl"), ""),
         (("--model", model_dir, "--data", data, "--ranks", "0"), "invalid rank"),

@@ -136,3 +136,6 @@ def _render_truncation(res) -> None:
                   f"{res.recommended_rank_spectrum}")
     if res.rank_explanation:
         console.print(f"why they differ: {res.rank_explanation}")
+    if rd:
+        console.print(f"next: train at r={rd} and r={2 * rd} — in sweeps this rank was a floor, never above the rank "
+                      "within 1 % of the best (README: how far to trust it)")
