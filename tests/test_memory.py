@@ -227,3 +227,20 @@ def test_saved_activations_match_autograd(model_type, targets, attn, base_fp32, 
     M = B * T
     est = a.total + 4 * M * V + 8 * M  # + the loss's fp32 log-probs and int64 targets
     assert math.isclose(est, oracle, rel_tol=0.03), (est, oracle)
+
+
+def test_dropout_adds_its_mask_per_linear_module(llama8b):
+    pairs = targeted(llama8b, "all-linear", r=16)
+    B, T = 2, 256
+    a0 = saved_activations(llama8b, pairs, batch_size=B, seq_len=T)
+    a1 = saved_activations(llama8b, pairs, batch_size=B, seq_len=T, lora_dropout=0.05)
+    assert a1.total - a0.total == sum(B * T * m.d_in for m, _ in pairs)  # one bool mask per module
+    e0 = estimate_training_memory(llama8b, pairs, batch_size=B, seq_len=T)
+    e1 = estimate_training_memory(llama8b, pairs, batch_size=B, seq_len=T, lora_dropout=0.05)
+    assert e1.total_bytes - e0.total_bytes == a1.total - a0.total
+
+
+@pytest.mark.parametrize("kw", [dict(lora_dropout=1.0), dict(lora_dropout=-0.1), dict(lora_dropout=0.1, use_dora=True)])
+def test_dropout_out_of_range_or_with_dora_is_refused(qwen, kw):
+    with pytest.raises(LoradialError):
+        estimate_training_memory(qwen, targeted(qwen, "all-linear"), **kw)

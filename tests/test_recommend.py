@@ -121,6 +121,9 @@ def test_batch_fitting(monkeypatch, gib, mb, gc, quant, dora):
     assert (res.micro_batch_size, res.gradient_checkpointing, res.quant, res.use_dora) == (mb, gc, quant, dora)
     assert res.gradient_accumulation_steps == 16 // mb
     assert res.memory["fits"] is True and res.memory["total_bytes"] <= res.memory["budget_bytes"]
+    # PEFT's fast DoRA path (the one the memory model covers) needs lora_dropout 0
+    assert res.lora_dropout == (0.0 if dora else 0.05) and res.peft_config["lora_dropout"] == res.lora_dropout
+    assert ("DoRA is on" in res.reasons["lora_dropout"]) == dora
 
 
 def test_nothing_fits(monkeypatch):

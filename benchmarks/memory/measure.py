@@ -31,7 +31,7 @@ from loradial.spec import LoraSpec
 QV = ["q_proj", "v_proj"]
 SMALL, LARGE = (2, 512), (4, 1024)  # (batch size, sequence length)
 
-#: (bundled model, targets, rank, (batch, seq_len), gradient checkpointing, attention)
+#: (bundled model, targets, rank, (batch, seq_len), gradient checkpointing, attention[, LoRA options])
 CONFIGS = [
     ("qwen2.5-0.5b", QV, 8, SMALL, False, "sdpa"),
     ("qwen2.5-0.5b", QV, 16, SMALL, True, "sdpa"),
@@ -49,6 +49,15 @@ CONFIGS = [
     ("llama-3.1-8b", "all-linear", 16, SMALL, True, "sdpa"),
     ("llama-3.1-8b", "all-linear", 64, LARGE, False, "sdpa"),
     ("llama-3.1-8b", "all-linear", 256, SMALL, True, "sdpa"),
+    # LoRA options (labels carry "+"): lora_dropout > 0 (its mask), DoRA (fast path, dropout 0)
+    ("qwen2.5-0.5b", QV, 8, SMALL, False, "sdpa", {"lora_dropout": 0.1}),
+    ("llama-3.2-1b", "all-linear", 32, SMALL, False, "sdpa", {"lora_dropout": 0.05}),
+    ("llama-3.2-1b", "all-linear", 32, SMALL, True, "sdpa", {"lora_dropout": 0.05}),
+    ("llama-3.2-3b", "all-linear", 16, LARGE, False, "sdpa", {"lora_dropout": 0.1}),
+    ("qwen2.5-0.5b", QV, 8, SMALL, False, "sdpa", {"use_dora": True}),
+    ("llama-3.2-1b", "all-linear", 32, SMALL, False, "sdpa", {"use_dora": True}),
+    ("llama-3.2-1b", "all-linear", 32, SMALL, True, "sdpa", {"use_dora": True}),
+    ("llama-3.1-8b", QV, 16, LARGE, True, "sdpa", {"use_dora": True}),
 ]
 
 TINY = {
@@ -61,6 +70,8 @@ SMOKE_CONFIGS = [
     ("tiny-llama", QV, 8, (2, 32), False, "sdpa"),
     ("tiny-llama", "all-linear", 16, (2, 32), True, "sdpa"),
     ("tiny-qwen2", "all-linear", 4, (1, 64), False, "eager"),
+    ("tiny-llama", "all-linear", 4, (2, 32), False, "sdpa", {"lora_dropout": 0.1}),
+    ("tiny-llama", QV, 4, (2, 32), True, "sdpa", {"use_dora": True}),
 ]
 
 
@@ -76,7 +87,7 @@ def model_info(name: str) -> ModelInfo:
 
 
 def one_step_peak(info: ModelInfo, targets, rank: int, batch: int, seq_len: int, ckpt: bool, attn: str,
-                  device: str, steps: int) -> tuple[float, float]:
+                  device: str, steps: int, opts: dict) -> tuple[float, float]:
     """(peak bytes of the last step, allocated bytes just before it); (nan, nan) on CPU."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -87,7 +98,8 @@ def one_step_peak(info: ModelInfo, targets, rank: int, batch: int, seq_len: int,
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
     if ckpt:
         model.gradient_checkpointing_enable()  # transformers 5: use_reentrant=False
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, task_type="CAUSAL_LM",
+                                             **opts))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
@@ -114,11 +126,11 @@ def one_step_peak(info: ModelInfo, targets, rank: int, batch: int, seq_len: int,
     return peak, base
 
 
-def estimate(info: ModelInfo, targets, rank: int, batch: int, seq_len: int, ckpt: bool, attn: str):
+def estimate(info: ModelInfo, targets, rank: int, batch: int, seq_len: int, ckpt: bool, attn: str, opts: dict):
     spec = LoraSpec(r=rank, lora_alpha=rank, target_modules=targets)
     targeted = [(m, spec.rank_for(m.name)) for m in matched_modules(spec, info)]
     return estimate_training_memory(info, targeted, batch_size=batch, seq_len=seq_len, dtype="bf16",
-                                    gradient_checkpointing=ckpt, attn_implementation=attn)
+                                    gradient_checkpointing=ckpt, attn_implementation=attn, **opts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,16 +149,18 @@ def main(argv: list[str] | None = None) -> int:
                             Path(__file__).with_name("RESULTS.md")))
     dev_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     rows, t0 = [], time.time()
-    for name, targets, rank, (batch, seq_len), ckpt, attn in configs:
+    for name, targets, rank, (batch, seq_len), ckpt, attn, *rest in configs:
+        opts = rest[0] if rest else {}
         tname = "q,v" if targets == QV else targets
         label = f"{name} {tname} r={rank} b={batch}x{seq_len} {'ckpt' if ckpt else 'no-ckpt'} {attn}"
+        label += "".join(f" +{'dora' if k == 'use_dora' else f'dropout {v:g}'}" for k, v in opts.items())
         if args.only and args.only not in label:
             continue
         info = model_info(name)
-        est = estimate(info, targets, rank, batch, seq_len, ckpt, attn)
+        est = estimate(info, targets, rank, batch, seq_len, ckpt, attn, opts)
         t = time.time()
         try:
-            peak, base = one_step_peak(info, targets, rank, batch, seq_len, ckpt, attn, device, args.steps)
+            peak, base = one_step_peak(info, targets, rank, batch, seq_len, ckpt, attn, device, args.steps, opts)
         except torch.cuda.OutOfMemoryError:
             peak = base = float("nan")
             gc.collect()

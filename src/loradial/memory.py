@@ -8,7 +8,7 @@ What is modelled: ``torch.cuda.max_memory_allocated()`` over one step of a plain
     loss.backward()                                        # outside autocast
     opt.step()                                             # torch.optim.AdamW (foreach)
 
-for PEFT-default LoRA (adapter weights fp32, ``lora_dropout=0`` so dropout is ``nn.Identity``) on a
+for PEFT-default LoRA (adapter weights fp32, ``lora_dropout`` 0 or, without DoRA, > 0) on a
 frozen base stored in ``dtype``. Notation: M = K·B·T tokens (K adapters, each with its own slice of
 B sequences of length T), h hidden, I intermediate, L layers, n_h / n_kv heads, d_h head dim,
 q = n_h·d_h, kv = n_kv·d_h, V vocabulary, c = 2 bytes (autocast compute dtype), P trainable
@@ -42,7 +42,10 @@ Not saved: the normed inputs, q/k/v before RoPE, the MLP product, the residual s
 attention keeps instead k and v repeated to n_h heads and the T×T probabilities twice (fp32 softmax
 output and its bf16 cast): 4·K·B·n_h·T² + c·K·B·n_h·T², plus one c·K·B·T² mask. LayerNorm models save
 4·M·h + 8·M per norm; Gemma-2/3 have 4 norms per layer; Qwen3/Gemma-3 q/k norms add 4·M·(q + kv).
-DoRA adds 2·c·M·d_out per module (base and LoRA outputs, for the magnitude's gradient). Layers before
+DoRA adds 2·c·M·d_out per module (base and LoRA outputs, for the magnitude's gradient).
+``lora_dropout`` > 0 adds dropout's mask, M·d_in bytes per linear LoRA module (CUDA's ``native_dropout``
+saves a bool mask; the dropped fp32 input itself is not saved). DoRA with dropout leaves PEFT's fast
+path (the base output is recomputed from the dropped input) and is not modelled. Layers before
 the first targeted one save nothing (nothing there needs a gradient). With an fp32 base under bf16
 autocast every frozen linear past that point also saves a bf16 copy of its weight (2 bytes/param).
 
@@ -284,12 +287,13 @@ def layer_saved(s: Shape, Bt: int, T: int, attn: str, stage: int = 0, c: int = 2
     return total
 
 
-def lora_saved(m: ModuleInfo, r: int, M: int, use_dora: bool = False, c: int = 2) -> int:
+def lora_saved(m: ModuleInfo, r: int, M: int, use_dora: bool = False, c: int = 2, dropout: bool = False) -> int:
     """One LoRA module: the c-byte copy of its input for lora_A + A·x for lora_B (c·M·(d_in + r));
-    DoRA: + base and LoRA outputs (2·c·M·d_out); an embedding: int64 ids + A·x (8·M + c·M·r)."""
+    DoRA: + base and LoRA outputs (2·c·M·d_out); dropout: + its bool mask (M·d_in); an embedding:
+    int64 ids + A·x (8·M + c·M·r)."""
     if m.kind == "embedding":
         return 8 * M + c * M * r
-    return c * M * (m.d_in + r) + (2 * c * M * m.d_out if use_dora else 0)
+    return c * M * (m.d_in + r) + (2 * c * M * m.d_out if use_dora else 0) + (M * m.d_in if dropout else 0)
 
 
 def logits_bytes(M: int, vocab: int) -> int:
@@ -360,7 +364,8 @@ class SavedActivations:
 
 def saved_activations(info: ModelInfo, targeted: list[tuple[ModuleInfo, int]], *, use_dora: bool = False,
                       batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16",
-                      attn_implementation: str = "sdpa", n_adapters: int = 1, c: int = 2) -> SavedActivations:
+                      attn_implementation: str = "sdpa", n_adapters: int = 1, c: int = 2,
+                      lora_dropout: float = 0.0) -> SavedActivations:
     """Everything the forward saves for backward (no checkpointing, logits/loss excluded).
 
     Gradients start at the first targeted layer (at its first LoRA module's stage); layers before it
@@ -379,7 +384,7 @@ def saved_activations(info: ModelInfo, targeted: list[tuple[ModuleInfo, int]], *
     out = SavedActivations(base, [0] * L, [0] * L, [0] * L)
     for m, r in targeted:
         li = layer_index(m.name)
-        saved, cache = lora_saved(m, r, M, use_dora, c), c * K * r * (m.d_in + m.d_out)
+        saved, cache = lora_saved(m, r, M, use_dora, c, lora_dropout > 0), c * K * r * (m.d_in + m.d_out)
         if li is not None and li < L and m.kind != "embedding":
             out.lora_layer[li] += saved
             out.cache_layer[li] += cache
@@ -404,13 +409,18 @@ def saved_activations(info: ModelInfo, targeted: list[tuple[ModuleInfo, int]], *
 def estimate_training_memory(info: ModelInfo, targeted: list[tuple[ModuleInfo, int]], *, use_dora: bool = False,
                              batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16", quant: str = "none",
                              gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
-                             n_adapters: int = 1) -> MemoryEstimate:
+                             n_adapters: int = 1, lora_dropout: float = 0.0) -> MemoryEstimate:
     """Peak ``max_memory_allocated`` of one LoRA training step (formulas in the module docstring).
 
     ``targeted``: the matched (module, rank) pairs of ONE adapter; ``n_adapters`` = K adapters on one
     frozen base, each with its own slice of ``batch_size`` sequences.
     """
     _validate(batch_size, seq_len, dtype, quant, attn_implementation, n_adapters, targeted)
+    if not 0 <= lora_dropout < 1:
+        raise LoradialError(f"lora_dropout must be in [0, 1), got {lora_dropout}", "e.g. 0.05, or 0 for none")
+    if use_dora and lora_dropout > 0:
+        raise LoradialError("the memory model covers DoRA with lora_dropout 0 only (PEFT's fast DoRA path)",
+                            "use lora_dropout 0 with DoRA")
     s = model_shape(info)
     K, T, c = n_adapters, seq_len, 2
     M = K * batch_size * T
@@ -420,7 +430,8 @@ def estimate_training_memory(info: ModelInfo, targeted: list[tuple[ModuleInfo, i
               "optimizer_states": 8 * K * P}
     grads = 4 * K * P
     a = saved_activations(info, targeted, use_dora=use_dora, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
-                          attn_implementation=attn_implementation, n_adapters=n_adapters, c=c)
+                          attn_implementation=attn_implementation, n_adapters=n_adapters, c=c,
+                          lora_dropout=lora_dropout)
     logits = logits_bytes(M, s.vocab)
     transient = backward_transient(s, targeted, K * batch_size, T, attn_implementation, quant, use_dora, info, c)
 

@@ -22,6 +22,7 @@ The rules are data (``loradial.rules``, overridable with ``--rules FILE``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -230,16 +231,16 @@ def recommend(
     use_dora = False
     mb = ga = gc = None
     quant = "none"
-    memory["model"] = ("loradial.memory.estimate_training_memory: one step of a plain PEFT loop, lora_dropout 0, "
-                       f"{dtype} base, sdpa attention")
+    memory["model"] = ("loradial.memory.estimate_training_memory: one step of a plain PEFT loop, "
+                       f"lora_dropout {dropout:g}, {dtype} base, sdpa attention")
+    estimate = functools.partial(estimate_training_memory, lora_dropout=dropout)
     if gpu_memory is not None:
         budget = int(gpu_memory * GIB * batch["memory_headroom"])
         memory["budget_bytes"] = budget
-        fit = fit_batch(estimate_training_memory, info, pairs, budget=budget, seq_len=T, rules=rules, dtype=dtype,
+        fit = fit_batch(estimate, info, pairs, budget=budget, seq_len=T, rules=rules, dtype=dtype,
                         quants=("none", "4bit"))
         if fit is None:
-            est = estimate_training_memory(info, pairs, batch_size=1, seq_len=T, dtype=dtype, quant="4bit",
-                                           gradient_checkpointing=True)
+            est = estimate(info, pairs, batch_size=1, seq_len=T, dtype=dtype, quant="4bit", gradient_checkpointing=True)
             memory.update(fits=False, total_bytes=est.total_bytes, breakdown=est.breakdown)
             mb, ga, gc, quant = 1, int(batch["effective_batch"]), True, "4bit"
             reasons["micro_batch_size"] = (f"nothing fits {gpu_memory:g} GiB: even micro batch 1 with checkpointing and a "
@@ -270,12 +271,17 @@ def recommend(
                                                 quant=quant, gradient_checkpointing=gc)
                 use_dora = dest.total_bytes <= budget
                 memory["dora_total_bytes"] = dest.total_bytes
+                if use_dora and dropout > 0:
+                    dropout = 0.0
+                    reasons["lora_dropout"] = ("0: DoRA is on, and PEFT's fast DoRA path (the one the memory estimate "
+                                               f"models) needs lora_dropout 0; without DoRA the rule says {rules['dropout'][band]:g} "
+                                               f"for {band} data")
                 reasons["use_dora"] = (f"{'true' if use_dora else 'false'}: DoRA needs {_gib(dest.total_bytes)} at this batch "
                                        f"({'fits' if use_dora else 'over'} the {_gib(budget)} budget); it can beat LoRA "
                                        "especially at low ranks, at extra time per step")
         sources["micro_batch_size"] = cite(list(batch.get("sources", [])))
     else:
-        est = estimate_training_memory(info, pairs, batch_size=1, seq_len=T, dtype=dtype)
+        est = estimate(info, pairs, batch_size=1, seq_len=T, dtype=dtype)
         memory.update(fits=None, total_bytes=est.total_bytes, breakdown=est.breakdown)
         reasons["micro_batch_size"] = (f"not sized: pass --gpu-memory GiB (micro batch 1 without checkpointing needs "
                                        f"{_gib(est.total_bytes)} at seq_len {T})")
