@@ -309,11 +309,13 @@ def analyze(
     batch_size: int = 8,
     max_examples: int | None = None,
     device: str | None = None,
+    trust_remote_code: bool = False,
 ) -> AnalyzeResult:
     """Exact per-module singular spectra of a PEFT LoRA adapter, summaries and a rank recommendation.
 
     With ``model`` and ``data``: also the truncation curve on eval data (``truncation.truncation_curve``,
-    one model load), the data-driven rank beside the spectrum's, and with ``scales`` the scale curve."""
+    one model load), the data-driven rank beside the spectrum's, and with ``scales`` the scale curve.
+    ``trust_remote_code`` (off unless asked) lets that model load run the model directory's own code."""
     from . import truncation as tr
 
     if not 0 < energy <= 1:
@@ -363,7 +365,7 @@ def analyze(
     recommendation = recommend_ranks(reports, energy, coverage, budget, ad.config)
     extra: dict[str, Any] = {}
     if data is not None:
-        session = open_session(model, data, max_len, batch_size, max_examples, device)
+        session = open_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
         out = tr.truncation_curve(ad, session, ranks, retain, scales, progress)
         notes.extend(out.notes)
         extra = dict(

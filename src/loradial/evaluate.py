@@ -43,15 +43,15 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def load_base_model(path: str | Path, dtype: Any = None, device: Any = None):
-    """A causal LM from a local directory (safetensors only, no remote code), eval mode, frozen."""
+def load_base_model(path: str | Path, dtype: Any = None, device: Any = None, trust_remote_code: bool = False):
+    """A causal LM from a local directory (safetensors only; remote code only with ``trust_remote_code``), eval mode, frozen."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto", use_safetensors=True,
-                                                     trust_remote_code=False)
+                                                     trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise LoradialError(f"could not load the model at {path}: {str(e).splitlines()[0][:200]}",
                             "check that it is a Hugging Face causal LM saved with save_pretrained") from None
@@ -291,7 +291,7 @@ class EvalSession:
 
 
 def open_session(model: str | Path, data: str | Path, max_len: int = 512, batch_size: int = 8,
-                 max_examples: int | None = None, device: str | None = None) -> EvalSession:
+                 max_examples: int | None = None, device: str | None = None, trust_remote_code: bool = False) -> EvalSession:
     """Tokenizer, examples and the base model from ``model`` (one ``from_pretrained``)."""
     from transformers import AutoTokenizer
 
@@ -299,11 +299,11 @@ def open_session(model: str | Path, data: str | Path, max_len: int = 512, batch_
         raise LoradialError(f"--batch-size must be ≥ 1 and --max-len ≥ 2 (got {batch_size}, {max_len})")
     model_path = check_model_dir(model)
     try:
-        tok = AutoTokenizer.from_pretrained(str(model_path))
+        tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
     except Exception as e:
         raise LoradialError(f"no usable tokenizer in {model_path} ({type(e).__name__})", "--model needs its tokenizer files") from None
     examples = _load_examples(data, tok, max_len, max_examples)
-    base = load_base_model(model_path, device=device)
+    base = load_base_model(model_path, device=device, trust_remote_code=trust_remote_code)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     return EvalSession(base, examples, pad, batch_size)
 
@@ -346,15 +346,17 @@ def alpha_sweep(
     max_examples: int | None = None,
     allow_pickle: bool = False,
     device: str | None = None,
+    trust_remote_code: bool = False,
 ) -> AlphaSweepResult:
     """Eval loss and token accuracy of base + c·(adapter) for each c in ``scales``, loading once.
 
     c multiplies every module's s, as PEFT's ``rescale_adapter_scale`` does (c = 0 is the base
     model). For DoRA the magnitude renormalization is recomputed at each c (not linear in c).
+    ``trust_remote_code``: let ``from_pretrained`` run the model directory's own code (off unless asked).
     """
     scales = check_scales(scales)
     ad = load_adapter(adapter, allow_pickle=allow_pickle)
-    session = open_session(model, data, max_len, batch_size, max_examples, device)
+    session = open_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
     notes = [DORA_SCALE_NOTE] if ad.use_dora else []
     with AdapterHooks(session.model, ad) as hooks:
         losses, accs, n_tok = scale_curve(session, hooks, scales)

@@ -121,12 +121,41 @@ def parse_layers(text: str | Sequence[int] | int | None) -> list[int] | None:
         for part in (p.strip() for p in text.split(",") if p.strip()):
             lo, dash, hi = part.partition("-")
             try:
-                layers += list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
+                first, last = (int(lo), int(hi)) if dash else (int(part), int(part))
             except ValueError:
                 raise LoradialError(f"invalid layer {part!r} in {text!r}", "use e.g. --layers 0,1,2 or --layers 0-7") from None
+            if last < first:
+                raise LoradialError(f"layer range {part!r} is reversed", f"write it low-high, e.g. --layers {last}-{first}")
+            layers += range(first, last + 1)
     if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
         raise LoradialError(f"layer indices must be non-negative integers, got {layers}", "use e.g. --layers 0,1,2")
+    if not layers:
+        raise LoradialError(f"no layer given in {text!r}", "use e.g. --layers 0,1,2 or --layers 0-7, or leave --layers out")
     return sorted(set(layers))
+
+
+def _span(layers: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    runs: list[list[int]] = []
+    for i in sorted(set(layers)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def check_layers(layers: list[int] | None, info: ModelInfo) -> None:
+    """Refuse layer indices the model does not have (PEFT would silently adapt nothing there)."""
+    n = info.num_layers
+    if layers is None or not n:
+        return
+    outside = [i for i in layers if i >= n]
+    if outside:
+        plural = "layers" if len(outside) > 1 else "layer"
+        verb = "are" if len(outside) > 1 else "is"
+        raise LoradialError(f"{plural} {_span(outside)} {verb} outside 0-{n - 1} ({info.name} has {n} layers)",
+                            f"use --layers within 0-{n - 1}, e.g. --layers 0-{min(n - 1, 3)}")
 
 
 def parse_exclude(text: str | list[str] | None) -> str | list[str] | None:
@@ -213,6 +242,7 @@ def plan(
     r_pattern, a_pattern = parse_pattern(rank_pattern, int, "rank_pattern"), parse_pattern(alpha_pattern, float, "alpha_pattern")
     exclude_modules = parse_exclude(exclude)
     info = model if isinstance(model, ModelInfo) else inspect_model(model)
+    check_layers(layer_list, info)
     estimate = _memory_model()
     mem_kw = dict(use_dora=use_dora, batch_size=batch_size, seq_len=seq_len, dtype=mem_dtype, quant=quant,
                   gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation)
@@ -231,7 +261,7 @@ def plan(
         "gradient_checkpointing": gradient_checkpointing, "attn_implementation": attn_implementation,
         "memory_model": estimate is not None,
     }
-    return PlanResult(info.summary(), settings, rows, dict(FORMULAS), _notes(info, rows, estimate, layer_list))
+    return PlanResult(info.summary(), settings, rows, dict(FORMULAS), _notes(info, rows, estimate))
 
 
 def make_spec(
@@ -242,6 +272,7 @@ def make_spec(
 ) -> LoraSpec:
     """The LoraSpec of one plan row: ``targets`` in CLI syntax (a list is taken as PEFT target_modules), alpha = r by default."""
     layer_list = parse_layers(layers)
+    check_layers(layer_list, info)
     targets = resolve_targets(targets, info, need_list=layer_list is not None)
     return LoraSpec(
         r=r, lora_alpha=alpha if alpha is not None else r, target_modules=targets, use_rslora=use_rslora,
@@ -281,7 +312,7 @@ def _row(spec: LoraSpec, text: str, info: ModelInfo, estimate, mem_kw: dict[str,
     )
 
 
-def _notes(info: ModelInfo, rows: list[PlanRow], estimate, layers: list[int] | None) -> list[str]:
+def _notes(info: ModelInfo, rows: list[PlanRow], estimate) -> list[str]:
     notes: list[str] = []
     if estimate is None:
         notes.append("memory model not installed (loradial.memory): peak_memory_bytes is null")
@@ -302,8 +333,6 @@ def _notes(info: ModelInfo, rows: list[PlanRow], estimate, layers: list[int] | N
     if any(row.target_parameters for row in rows):
         notes.append("MoE experts are wrapped by PEFT's ParamWrapper via its transformers-v5 config conversion: a fused "
                      "gate_up_proj gets rank 2r and alpha 2*alpha; layers_to_transform and exclude_modules do not apply to them")
-    if layers is not None and info.num_layers and max(layers) >= info.num_layers:
-        notes.append(f"layers {[i for i in layers if i >= info.num_layers]} do not exist ({info.num_layers} layers)")
     if info.tied_embeddings and any(m["kind"] == "embedding" for row in rows for m in row.modules):
         notes.append("input and output embeddings are tied: PEFT adapts only the module you target")
     return notes

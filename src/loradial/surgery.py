@@ -263,6 +263,7 @@ def merge(
     overwrite: bool = False,
     max_shard_size: str = "5GB",
     allow_pickle: bool = False,
+    trust_remote_code: bool = False,
 ) -> MergeResult:
     """Fold the adapter into the base weights and save the merged model (sharded safetensors, config,
     tokenizer if present), equal to PEFT's ``merge_and_unload``.
@@ -270,6 +271,7 @@ def merge(
     Tied embeddings: if the adapter changes the input embedding or the output head while they
     share one tensor, they are untied (the head keeps the base weights, ``tie_word_embeddings``
     becomes false) so the merged model computes what base + adapter computes; this is reported.
+    ``trust_remote_code``: let ``from_pretrained`` run the model directory's own code (off unless asked).
     """
     import torch
 
@@ -278,7 +280,7 @@ def merge(
 
     ad = _load(adapter, allow_pickle)
     check_output_dir(out, overwrite)
-    base = load_base_model(model, device="cpu")
+    base = load_base_model(model, device="cpu", trust_remote_code=trust_remote_code)
     notes: list[str] = []
     located = {name: locate(base, m) for name, m in ad.modules.items()}
     head = base.get_output_embeddings()

@@ -21,6 +21,7 @@ def alpha_sweep_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
     max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Use only the first N records."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read adapter_model.bin (torch.load(weights_only=True))."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model directory's own Python code (only for models you trust)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Which adapter strength is best? Eval loss and token accuracy of base + c·adapter for each c
@@ -47,4 +48,5 @@ def alpha_sweep_cmd(
             console.print(f"[dim]note: {n}[/]")
 
     run(lambda: evaluate.alpha_sweep(adapter, model, data, split_list(scales, float, "scale"), max_len=max_len, batch_size=batch_size,
-                                     max_examples=max_examples, allow_pickle=allow_pickle), as_json, render)
+                                     max_examples=max_examples, allow_pickle=allow_pickle,
+                                     trust_remote_code=trust_remote_code), as_json, render)

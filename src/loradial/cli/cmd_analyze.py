@@ -38,6 +38,7 @@ def analyze_cmd(
     max_len: int = typer.Option(512, "--max-len", help="Truncate examples to this many tokens."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
     max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Use only the first N records."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model directory's own Python code with --model (only for models you trust)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Which rank did the adapter use? Exact singular values of s·B·A per module (never forming ΔW),
@@ -102,7 +103,7 @@ def analyze_cmd(
         return analyze(adapter, base=base, energy=energy, budget=budget, coverage=coverage, allow_pickle=allow_pickle,
                        progress=True, model=model, data=data, ranks=split_list(ranks, int, "rank") if ranks else None,
                        retain=retain, scales=split_list(scales, float, "scale") if scales else None, max_len=max_len,
-                       batch_size=batch_size, max_examples=max_examples)
+                       batch_size=batch_size, max_examples=max_examples, trust_remote_code=trust_remote_code)
 
     run(call, as_json, render)
 

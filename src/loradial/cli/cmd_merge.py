@@ -17,6 +17,7 @@ def merge_cmd(
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read adapter_model.bin (torch.load(weights_only=True))."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model directory's own Python code (only for models you trust)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Merge the adapter (with its scaling; DoRA and lora_bias included) into the base weights and save
@@ -32,4 +33,4 @@ def merge_cmd(
             console.print(f"[yellow]note:[/] {n}")
 
     run(lambda: surgery.merge(adapter, model, out, overwrite=overwrite, max_shard_size=max_shard_size,
-                              allow_pickle=allow_pickle), as_json, render)
+                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), as_json, render)

@@ -47,6 +47,7 @@ def train_cmd(
     dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32 for the frozen base."),
     load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="QLoRA: 4-bit NF4 base (bitsandbytes, CUDA)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in --out."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model repository's own Python code (only for models you trust)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train one LoRA adapter (K = 1 of the multi-adapter engine) and save it in PEFT format.
@@ -67,7 +68,8 @@ def train_cmd(
                      save_every=save_every, eval_every=eval_every, resume=resume,
                      gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit,
                      packing=packing, weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
-                     max_grad_norm=max_grad_norm or None, grad_accum=grad_accum, overwrite=overwrite, progress=True)
+                     max_grad_norm=max_grad_norm or None, grad_accum=grad_accum, overwrite=overwrite, progress=True,
+                     trust_remote_code=trust_remote_code)
 
     def render(res) -> None:
         table = Table(title=f"trained {res.steps}/{res.total_steps} steps · {res.tokens_per_s:,.0f} tokens/s · {res.device}")

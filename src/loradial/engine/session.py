@@ -96,6 +96,16 @@ def _examples(data, tokenizer, max_len, eval_data, eval_fraction, packing, seed)
     return load_dataset(data, tokenizer, max_len, eval_data=eval_data, eval_fraction=eval_fraction, packing=packing, seed=seed)
 
 
+def _remove_previous_run(out: Path) -> None:
+    """Delete the files a previous run wrote in ``out`` (and nothing else)."""
+    for name in _OUR_FILES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
 class TrainSession:
     def __init__(self, engine, out: Path, run: dict[str, Any], resumed_from: int | None):
         self.engine, self.out, self.run_config, self.resumed_from = engine, out, run, resumed_from
@@ -161,8 +171,13 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
                  eval_fraction: float = 0.0, packing: bool = False, seed: int = 0, save_every: int | None = None,
                  eval_every: int | None = None, resume: bool = False, gradient_checkpointing: bool = False,
                  dtype: str = "auto", load_in_4bit: bool = False, grad_accum: int = 1, overwrite: bool = False,
-                 device: str | None = None, **engine_kw) -> TrainSession:
-    """Build a run in ``out`` (or, with ``resume=True``, continue the one checkpointed there)."""
+                 device: str | None = None, trust_remote_code: bool = False, **engine_kw) -> TrainSession:
+    """Build a run in ``out`` (or, with ``resume=True``, continue the one checkpointed there).
+
+    Everything (settings, data, model, targets) is checked before ``out`` is touched: with
+    ``overwrite=True`` the previous run's files are removed only once the new session is built, so
+    bad input leaves the old run intact. ``trust_remote_code`` reaches ``from_pretrained`` (off by default).
+    """
     from .trainer import Engine
 
     out = Path(out).expanduser()
@@ -184,11 +199,7 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
     else:
         if not adapters:
             raise LoradialError("no adapter configuration given")
-        if out.exists() and overwrite:
-            for name in _OUR_FILES:
-                p = out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        check_output_dir(out, overwrite)
+        check_output_dir(out, overwrite)  # refuses a file or a non-empty dir without --overwrite; deletes nothing
         if save_every is not None and save_every < 1:
             raise LoradialError(f"--save-every must be >= 1, got {save_every}")
         if isinstance(data, (str, Path)):
@@ -202,14 +213,18 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
            "dtype": dtype, "load_in_4bit": load_in_4bit, "grad_accum": grad_accum}
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
     if isinstance(model, str):
-        model, loaded_tok = load_model(model, dtype=dtype, load_in_4bit=load_in_4bit, device=device)
+        model, loaded_tok = load_model(model, dtype=dtype, load_in_4bit=load_in_4bit, device=device,
+                                       trust_remote_code=trust_remote_code)
         tokenizer = tokenizer or loaded_tok
     train, ev = _examples(data, tokenizer, max_len, eval_data, eval_fraction, packing, seed)
     pad = None if tokenizer is None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    out.mkdir(parents=True, exist_ok=True)
     engine = Engine(model, adapters, train, batch_size=batch_size, steps=steps, epochs=epochs, eval=ev,
                     grad_accum=grad_accum, pad_token_id=pad, gradient_checkpointing=gradient_checkpointing, seed=seed,
                     metrics_path=out / "metrics.jsonl", base_model_name=name, **engine_kw)
+    # the session is fully built (the Engine writes nothing until it steps): only now replace the old run
+    if meta is None and overwrite and out.is_dir():
+        _remove_previous_run(out)
+    out.mkdir(parents=True, exist_ok=True)
     resumed = None
     if meta is None:
         import torch

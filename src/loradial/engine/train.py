@@ -40,14 +40,16 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
           dtype: str = "auto", load_in_4bit: bool = False, packing: bool = False, weight_decay: float = 0.0,
           schedule: str = "cosine", warmup_ratio: float = 0.03, warmup_steps: int | None = None,
           max_grad_norm: float | None = 1.0, grad_accum: int = 1, tokenizer=None, name: str = "default",
-          overwrite: bool = False, progress: bool = False, **engine_kw: Any) -> TrainResult:
+          overwrite: bool = False, progress: bool = False, trust_remote_code: bool = False, **engine_kw: Any) -> TrainResult:
     """Train one adapter on ``data`` and save it as a PEFT adapter under ``out/adapters/<name>``.
 
     ``targets``: 'all-linear', 'attention', 'mlp', 'q_proj,v_proj' or 're:<regex>' (PEFT's rules).
     ``resume``: a run directory written with ``save_every``; it continues with its saved settings.
+    ``trust_remote_code``: let ``from_pretrained`` run the model repository's own code (off unless asked).
     """
     if resume is not None:
-        return train_many(model, data, None, out=resume, resume=True, tokenizer=tokenizer, progress=progress, **engine_kw)
+        return train_many(model, data, None, out=resume, resume=True, tokenizer=tokenizer, progress=progress,
+                          trust_remote_code=trust_remote_code, **engine_kw)
     if out is None:
         raise LoradialError("no output directory", "pass --out DIR")
     if model is None or data is None:
@@ -66,4 +68,4 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
                       epochs=epochs, max_len=max_len, eval_data=eval_data, eval_fraction=eval_fraction, packing=packing,
                       seed=seed, save_every=save_every, eval_every=eval_every, gradient_checkpointing=gradient_checkpointing,
                       dtype=dtype, load_in_4bit=load_in_4bit, grad_accum=grad_accum, overwrite=overwrite,
-                      progress=progress, **engine_kw)
+                      progress=progress, trust_remote_code=trust_remote_code, **engine_kw)
