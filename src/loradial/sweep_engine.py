@@ -9,7 +9,9 @@ segment's members all sit in the engine just used, that engine is kept and its o
 dropped (``Engine.drop``) rather than rebuilt from disk. Every adapter sees the same batches in the
 same order whatever pack it is in (the engine repeats the batch per slice and its data stream
 depends only on the step), so a pack's state is exactly the union of its members' states at the
-same step.
+same step. One exception: with --dropout the engine draws one mask tensor per bucket of adapters,
+so a config's masks depend on its pack mates (``seed_segment`` keeps them reproducible, resume
+included, for a given packing).
 
 Per-config checkpoint (``work/configs/<name>/step-<S>/``): ``state.safetensors`` (the engine's
 ``export_state``: factors and AdamW moments, keyed '<module>.<A|B|magnitude>[.exp_avg|.exp_avg_sq]',
