@@ -173,7 +173,6 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
     otherwise a new one, restored from the segment's own checkpoint or from the members' checkpoints."""
     from .engine import AdapterConfig, Engine
     from .engine.checkpoint import find_checkpoint, load_checkpoint, truncate_metrics
-
     from .sweep_setup import train_setting
 
     s, work = env.settings, Path(job["work"])
