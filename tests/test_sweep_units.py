@@ -9,8 +9,7 @@ import pytest
 from loradial.errors import LoradialError
 from loradial.halving import adapter_steps, parse_fractions, rung_boundaries, survivors
 from loradial.sweep_pack import GiB, ConfigCost, config_cost, make_packs, pack_bytes
-from loradial.sweep_results import (config_result, curves, fallback_verdict, lr_rank_fit, pick_best, sort_for_table,
-                                    verdicts)
+from loradial.sweep_results import config_result, curves, lr_rank_fit, pick_best, sort_for_table, verdicts
 from loradial.sweep_runner import eval_steps
 from loradial.sweep_state import SweepDir, check_new_sweep_dir
 
@@ -72,20 +71,14 @@ def test_curves_replayed_steps_count_once():
 
 def test_config_result_numbers():
     losses = [4.0] * 10 + [2.0] * 10  # last 10 % = 2 steps
-    c = curves(_lines("a", losses, [(10, 3.0), (20, 2.5)]))["a"]
+    lines = _lines("a", losses, [(10, 3.0), (20, 2.5)])
+    c = curves(lines)["a"]
     r = config_result({"name": "a"}, c, trainable_params=7, steps=20, stopped_at=None, pack=0, train_seconds=2.0,
-                      peak_memory_bytes=None)
+                      peak_memory_bytes=None, verdict=verdicts(lines)["a"])
     assert r["final_train_loss"] == 2.0 and r["best_eval_loss"] == 2.5 and r["final_eval_loss"] == 2.5
     assert r["gap"] == pytest.approx(-0.5) and r["tokens_per_s"] == 100.0 and r["verdict"] in ("healthy", "too_few_steps")
-
-
-def test_fallback_verdicts():
-    down = [(i, 3.0 - 0.1 * i, 1) for i in range(10)]
-    assert fallback_verdict(down, [(5, 2.6), (10, 2.4)]) == "healthy"
-    assert fallback_verdict(down, [(5, 2.0), (10, 2.4)]) == "overfitting"
-    assert fallback_verdict([(i, 3.0, 1) for i in range(10)], [(10, 3.0)]) == "underfitting"
-    assert fallback_verdict(down[:-1] + [(9, math.nan, 1)], []) == "diverged"
-    assert fallback_verdict([(0, 1.0, 1), (1, 5.0, 1)], []) == "diverged"
+    assert config_result({"name": "b"}, None, trainable_params=7, steps=0, stopped_at=None, pack=None, train_seconds=0.0,
+                         peak_memory_bytes=None)["verdict"] == "not trained"
 
 
 def test_verdicts_from_diagnose_and_diverged():

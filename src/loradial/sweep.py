@@ -74,10 +74,20 @@ def sweep(
     dtype: str = "auto",
     seed: int = 0,
     checkpoint_every: int | None = None,
+    gradient_checkpointing: bool = False,
+    grad_accum: int = 1,
+    dropout: float = 0.0,
+    packing: bool = False,
+    load_in_4bit: bool = False,
     resume: bool = False,
     progress: bool = False,
 ) -> SweepResult:
     """Train the grid, save every adapter, write results.json and return it as a ``SweepResult``.
+
+    ``gradient_checkpointing``, ``grad_accum``, ``dropout`` (every config's lora_dropout), ``packing``
+    and ``load_in_4bit`` mean what they mean for ``loradial.train``; ``batch_size`` is the micro-batch
+    (an optimizer step sees ``batch_size x grad_accum`` sequences per config). The memory packer
+    plans with gradient checkpointing and the 4-bit base when they are on.
 
     ``resume=True`` continues the sweep in ``out`` with the settings of its sweep.yaml (only
     ``devices`` may change); finished configs are never retrained.
@@ -100,6 +110,8 @@ def sweep(
             batch_size=batch_size, max_len=max_len, eval_data=eval_data, eval_fraction=eval_fraction,
             eval_every=eval_every, halving=halving, halving_at=halving_at, gpu_memory=gpu_memory,
             devices=devices, pack_size=pack_size, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
+            gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum, dropout=dropout, packing=packing,
+            load_in_4bit=load_in_4bit,
         )
         create_sweep_dir(sd, sweep_setup.settings_yaml(settings), sweep_runner.initial_state(settings))
         sd.lock()

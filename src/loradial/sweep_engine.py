@@ -9,7 +9,9 @@ segment's members all sit in the engine just used, that engine is kept and its o
 dropped (``Engine.drop``) rather than rebuilt from disk. Every adapter sees the same batches in the
 same order whatever pack it is in (the engine repeats the batch per slice and its data stream
 depends only on the step), so a pack's state is exactly the union of its members' states at the
-same step.
+same step. One exception: with --dropout the engine draws one mask tensor per bucket of adapters,
+so a config's masks depend on its pack mates (``seed_segment`` keeps them reproducible, resume
+included, for a given packing).
 
 Per-config checkpoint (``work/configs/<name>/step-<S>/``): ``state.safetensors`` (the engine's
 ``export_state``: factors and AdamW moments, keyed '<module>.<A|B|magnitude>[.exp_avg|.exp_avg_sq]',
@@ -49,12 +51,15 @@ class SegmentEnv:
     @classmethod
     def shared(cls, settings: dict[str, Any], ctx: Any, device: str) -> "SegmentEnv":
         """This sweep's env on ``device``; the base model is loaded once per process and kept until ``release``."""
-        key = (settings["model"], device, settings["dtype"])
+        from .sweep_setup import train_setting
+
+        four_bit = bool(train_setting(settings, "load_in_4bit"))
+        key = (settings["model"], device, settings["dtype"], four_bit)
         if key not in _MODELS:
             from .engine.session import load_model
 
             release()  # one base per process
-            _MODELS[key] = load_model(settings["model"], dtype=settings["dtype"], device=device)[0]
+            _MODELS[key] = load_model(settings["model"], dtype=settings["dtype"], load_in_4bit=four_bit, device=device)[0]
         tok = ctx.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         return cls(settings, _MODELS[key], ctx.train, ctx.eval, pad, device)
@@ -86,14 +91,16 @@ def release() -> None:
 def adapter_configs(settings: dict[str, Any], names: list[str]) -> list:
     from .engine import AdapterConfig
     from .spec import LoraSpec
+    from .sweep_setup import train_setting
 
     by_name = {c["name"]: c for c in settings["configs"]}
+    dropout = float(train_setting(settings, "dropout"))
     train = {**TRAIN_DEFAULTS, **(settings.get("train") or {})}
     out = []
     for n in names:
         c = by_name[n]
         spec = LoraSpec(r=c["r"], lora_alpha=c["lora_alpha"], target_modules=c["target_modules"],
-                        use_rslora=c["use_rslora"], use_dora=c["use_dora"])
+                        use_rslora=c["use_rslora"], use_dora=c["use_dora"], lora_dropout=dropout)
         out.append(AdapterConfig(n, spec, lr=c["learning_rate"], seed=c["seed"], **train))
     return out
 
@@ -166,6 +173,7 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
     otherwise a new one, restored from the segment's own checkpoint or from the members' checkpoints."""
     from .engine import AdapterConfig, Engine
     from .engine.checkpoint import find_checkpoint, load_checkpoint, truncate_metrics
+    from .sweep_setup import train_setting
 
     s, work = env.settings, Path(job["work"])
     try:
@@ -180,6 +188,7 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
             metrics.unlink(missing_ok=True)
             kept.metrics_path = metrics
             kept.drop([n for n in kept.active if n not in job["members"]])
+            seed_segment(s, job)
             return kept
         kept.unwrap()
     tensors = meta = None
@@ -187,10 +196,15 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
     if resumable:
         tensors, meta = load_checkpoint(work)
         configs = [AdapterConfig.from_dict(d) for d in meta["adapters"]]  # may hold adapters dropped in-segment
-    engine = Engine(env.model, configs, env.train, batch_size=s["batch_size"], steps=s["steps"], eval=env.eval,
-                    eval_batch_size=EVAL_BATCH_FACTOR * s["batch_size"],
-                    pad_token_id=env.pad_token_id, seed=s["seed"], metrics_path=metrics, base_model_name=s["model"],
-                    check_head=id(env.model) not in _HEAD_CHECKED)  # once per loaded base
+    try:
+        engine = Engine(env.model, configs, env.train, batch_size=s["batch_size"], steps=s["steps"], eval=env.eval,
+                        eval_batch_size=EVAL_BATCH_FACTOR * s["batch_size"], grad_accum=int(train_setting(s, "grad_accum")),
+                        gradient_checkpointing=bool(train_setting(s, "gradient_checkpointing")),
+                        pad_token_id=env.pad_token_id, seed=s["seed"], metrics_path=metrics, base_model_name=s["model"],
+                        check_head=id(env.model) not in _HEAD_CHECKED)  # once per loaded base
+    except ValueError as e:  # e.g. transformers: this model does not support gradient checkpointing
+        raise LoradialError(f"the engine refused this sweep's settings: {str(e).splitlines()[0][:200]}",
+                            "drop --gradient-checkpointing, or check the model") from None
     _HEAD_CHECKED.add(id(env.model))
     if resumable:
         engine.load_state_dict(tensors, meta)
@@ -199,7 +213,18 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
         metrics.unlink(missing_ok=True)
         if job["start"] > 0:
             compose_state(engine, job["checkpoints"], job["start"])
+        seed_segment(s, job)
     return engine
+
+
+def seed_segment(settings: dict[str, Any], job: dict[str, Any]) -> None:
+    """Seed the RNG (CPU and CUDA) of a segment that starts at its rung's first step, from the sweep's seed
+    and that step: the dropout masks are then the same whether the engine was kept in memory, built
+    fresh or rebuilt from checkpoints on --resume. (A segment continued from its own checkpoint gets
+    the RNG states saved in it.) Nothing else in training draws random numbers."""
+    import torch
+
+    torch.manual_seed(int(settings["seed"]) * 1_000_003 + int(job["start"]))
 
 
 def torch_device(device: str):

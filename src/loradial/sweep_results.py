@@ -59,42 +59,13 @@ def _num(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
-def fallback_verdict(train: Sequence[tuple], evals: Sequence[tuple[int, float]]) -> str:
-    """A small documented rule, used when no diagnose verdict is given.
-
-    - diverged: the last training loss or any eval loss is not finite, or the final train loss is
-      above 1.5x the first (the run blew up);
-    - overfitting: at least 2 evals and the final eval loss is more than 2 % (and 0.01) above the best;
-    - underfitting: the train loss fell by less than 5 % from its first value to its final window;
-    - healthy: otherwise.
-    """
-    losses = [t[1] for t in train]
-    if not losses or not _finite(losses[-1]) or any(not _finite(e) for _, e in evals):
-        return "diverged"
-    first = losses[0]
-    final = _window_mean(losses)
-    if _finite(first) and first > 0 and final > 1.5 * first:
-        return "diverged"
-    finite_evals = [e for _, e in evals]
-    if len(finite_evals) >= 2:
-        best = min(finite_evals)
-        if finite_evals[-1] > best + max(0.02 * abs(best), 0.01):
-            return "overfitting"
-    if _finite(first) and first > 0 and (first - final) / first < 0.05:
-        return "underfitting"
-    return "healthy"
-
-
 def verdicts(lines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Per adapter, the curve verdict of ``loradial.diagnose`` (its robust, documented rules over the
     same metrics lines ``loradial diagnose`` reads), with ``diverged`` for a run whose train or eval
-    loss turned non-finite (the engine freezes such an adapter). Falls back to ``fallback_verdict`` if diagnose is unavailable."""
-    try:
-        from .diagnose import judge
-        from .logs import curves_from_records
-    except ImportError:  # pragma: no cover - diagnose ships with loradial
-        return {n: fallback_verdict(c["train"], c["eval"]) if c["train"] else "not trained"
-                for n, c in curves(lines).items()}
+    loss turned non-finite (the engine freezes such an adapter)."""
+    from .diagnose import judge
+    from .logs import curves_from_records
+
     broke = {r.get("adapter") for r in lines if r.get("diverged") or any(
         k in r and not _finite(r[k]) for k in ("loss", "eval_loss"))}
     out = {}
@@ -129,7 +100,8 @@ def config_result(
     peak_memory_bytes: int | None,
     verdict: str | None = None,
 ) -> dict[str, Any]:
-    """The results.json entry of one config (see the module doc for each number)."""
+    """The results.json entry of one config (see the module doc for each number); ``verdict`` comes from
+    ``verdicts`` (None: the config has no metrics lines, 'not trained')."""
     train = list((curve or {}).get("train", []))
     evals = list((curve or {}).get("eval", []))
     final_train = _window_mean([t[1] for t in train]) if train else None
@@ -145,7 +117,7 @@ def config_result(
         "best_eval_loss": best_eval,
         "final_eval_loss": final_eval,
         "gap": gap,
-        "verdict": verdict or (fallback_verdict(train, evals) if train else "not trained"),
+        "verdict": verdict or "not trained",
         "tokens": tokens,
         "tokens_per_s": tokens / train_seconds if train_seconds > 0 else None,
         "peak_memory_bytes": peak_memory_bytes,

@@ -16,6 +16,16 @@ from typing import Any, Sequence
 from .errors import LoradialError
 
 SETTINGS_VERSION = 1
+#: Training settings shared by every config, as ``loradial train`` names them; a sweep.yaml written
+#: before they existed resumes with these defaults.
+TRAIN_SETTINGS = {"gradient_checkpointing": False, "grad_accum": 1, "dropout": 0.0, "packing": False,
+                  "load_in_4bit": False}
+
+
+def train_setting(settings: dict[str, Any], key: str) -> Any:
+    """A training setting of the sweep (``TRAIN_SETTINGS``' default when sweep.yaml predates it)."""
+    val = settings.get(key)
+    return TRAIN_SETTINGS[key] if val is None else val
 
 
 @dataclasses.dataclass
@@ -96,6 +106,30 @@ def compute_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def check_4bit(devices: Sequence[str]) -> None:
+    """--load-in-4bit's requirements, checked before anything is written (the same errors as ``loradial train``)."""
+    if any(not d.startswith("cuda") for d in devices):
+        raise LoradialError("--load-in-4bit needs a CUDA GPU", "drop --load-in-4bit on this machine")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise LoradialError("--load-in-4bit needs bitsandbytes", "pip install 'loradial[qlora]'") from None
+
+
+def check_gradient_checkpointing(model_dir: Path) -> None:
+    """A model class that cannot checkpoint is bad input, said before anything is written."""
+    try:
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(str(model_dir)))]
+    except Exception:  # unknown here: the engine's own error will say it
+        return
+    if not getattr(cls, "supports_gradient_checkpointing", True):
+        raise LoradialError(f"{cls.__name__} does not support gradient checkpointing",
+                            "drop --gradient-checkpointing (or lower --batch-size / --max-len)")
+
+
 def _model_dir(model: str | None) -> Path:
     if not model:
         raise LoradialError("no model", "pass --model DIR (a local model directory with weights and tokenizer)")
@@ -143,7 +177,7 @@ def _data(settings: dict[str, Any], tokenizer) -> tuple[list, list]:
 
     train, ev = load_dataset(settings["data"], tokenizer, settings["max_len"], eval_data=settings["eval_data"],
                              eval_fraction=0.0 if settings["eval_data"] else settings["eval_fraction"],
-                             seed=settings["seed"])
+                             packing=bool(train_setting(settings, "packing")), seed=settings["seed"])
     if not train:
         raise LoradialError(f"no training examples in {settings['data']}", "check the data file")
     if not ev:
@@ -154,7 +188,8 @@ def _data(settings: dict[str, Any], tokenizer) -> tuple[list, list]:
 
 def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, grid, steps, epochs,
             batch_size, max_len, eval_data, eval_fraction, eval_every, halving, halving_at, gpu_memory, devices,
-            pack_size, dtype, seed, checkpoint_every) -> tuple[dict[str, Any], Context]:
+            pack_size, dtype, seed, checkpoint_every, gradient_checkpointing=False, grad_accum=1, dropout=0.0,
+            packing=False, load_in_4bit=False) -> tuple[dict[str, Any], Context]:
     """Validate everything and return (settings for sweep.yaml, in-memory context)."""
     from .halving import parse_fractions, rung_boundaries
     from .models import inspect_model, resolve_targets
@@ -172,10 +207,20 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
         raise LoradialError("give --steps or --epochs, not both")
     if epochs is not None and not epochs > 0:
         raise LoradialError(f"--epochs must be positive, got {epochs}")
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
+        raise LoradialError(f"--grad-accum must be a positive integer, got {grad_accum!r}")
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
+        raise LoradialError(f"--dropout must be in [0, 1), got {dropout!r}", "use e.g. --dropout 0.05")
     if not data:
         raise LoradialError("no training data", "pass --data FILE")
     devices = check_devices(devices) if devices else default_devices()
     model_dir = _model_dir(model)
+    if load_in_4bit:
+        check_4bit(devices)
+        if dtype == "fp32":
+            raise LoradialError("--load-in-4bit needs a 16-bit --dtype", "use --dtype auto or bf16 (the 4-bit base computes in bf16)")
+    if gradient_checkpointing:
+        check_gradient_checkpointing(model_dir)
     info = inspect_model(str(model_dir))
     tokenizer = _load_tokenizer(model_dir)
     settings: dict[str, Any] = {
@@ -185,9 +230,12 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
         "eval_data": str(Path(eval_data).expanduser().resolve()) if eval_data else None,
         "eval_fraction": float(eval_fraction), "seed": int(seed), "batch_size": batch_size, "max_len": max_len,
         "dtype": compute_dtype(dtype, devices[0]), "grid": {k: v for k, v in values.items()},
+        "gradient_checkpointing": bool(gradient_checkpointing), "grad_accum": int(grad_accum),
+        "dropout": float(dropout), "packing": bool(packing), "load_in_4bit": bool(load_in_4bit),
     }
     train, ev = _data(settings, tokenizer)
-    n_steps = steps if steps is not None else max(1, math.ceil((epochs or 1.0) * len(train) / batch_size))
+    per_step = batch_size * grad_accum  # sequences per optimizer step
+    n_steps = steps if steps is not None else max(1, math.ceil((epochs or 1.0) * len(train) / per_step))
     fractions = parse_fractions(halving_at) if halving else None
     settings.update({
         "steps": n_steps, "epochs": epochs, "eval_every": eval_every, "halving": bool(halving),
@@ -216,17 +264,23 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
 
 
 def memory_costs(settings, info, targeted, train, devices, gpu_memory) -> tuple[int | None, list[dict]]:
-    """Per-config (shared, marginal) bytes from the memory model, and the per-device budget."""
+    """Per-config (shared, marginal) bytes from the memory model, and the per-device budget.
+
+    The estimate is that of one micro-batch (``batch_size`` sequences: --grad-accum adds no memory),
+    with gradient checkpointing and the 4-bit base when the sweep uses them."""
     from .memory import estimate_training_memory
     from .sweep_pack import config_cost, device_budget
 
     seq_len = min(settings["max_len"], max(len(ex["input_ids"]) for ex in train))
     dtype = settings["dtype"]
+    checkpointing = bool(train_setting(settings, "gradient_checkpointing"))
+    quant = "4bit" if train_setting(settings, "load_in_4bit") else "none"
     costs = []
     for entry in settings["configs"]:
         def est(n, entry=entry):
             return estimate_training_memory(info, targeted[entry["name"]], use_dora=entry["use_dora"],
                                             batch_size=settings["batch_size"], seq_len=seq_len, dtype=dtype,
+                                            quant=quant, gradient_checkpointing=checkpointing,
                                             n_adapters=n).total_bytes
         costs.append(dataclasses.asdict(config_cost(entry["name"], est)))
     budgets = [device_budget(d, gpu_memory) for d in devices]
@@ -248,6 +302,8 @@ def load_context(settings: dict[str, Any], devices: Sequence[str] | None) -> Con
     if settings.get("loradial_sweep") != SETTINGS_VERSION:
         raise LoradialError(f"sweep.yaml has version {settings.get('loradial_sweep')}, expected {SETTINGS_VERSION}")
     devices = check_devices(devices) if devices else default_devices()
+    if train_setting(settings, "load_in_4bit"):
+        check_4bit(devices)
     model_dir = _model_dir(settings["model"])
     info = inspect_model(str(model_dir))
     tokenizer = _load_tokenizer(model_dir)

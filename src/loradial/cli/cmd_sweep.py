@@ -62,8 +62,11 @@ def sweep_cmd(
     grid: Optional[str] = typer.Option(None, "--grid", help="YAML grid with keys ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds (flags override)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps per config."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs over the training data (instead of --steps)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Sequences per step for each config."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Sequences per micro-batch for each config."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
     max_len: int = typer.Option(512, "--max-len", help="Maximum tokens per sequence."),
+    packing: bool = typer.Option(False, "--packing", help="Pack examples into blocks of --max-len tokens."),
+    dropout: float = typer.Option(0.0, "--dropout", help="lora_dropout of every config."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Eval data file (default: hold out --eval-fraction of --data)."),
     eval_fraction: float = typer.Option(0.1, "--eval-fraction", help="Part of --data held out for eval when --eval-data is not given."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (always at the end and at halving rungs)."),
@@ -73,6 +76,8 @@ def sweep_cmd(
     devices: Optional[str] = typer.Option(None, "--devices", help="Devices, e.g. cuda:0,cuda:1 (one pack per device) or cpu. Default: all local GPUs, else cpu."),
     pack_size: Optional[int] = typer.Option(None, "--pack-size", help="At most this many configs per pack."),
     dtype: str = typer.Option("auto", "--dtype", help="Base weights dtype: auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations (less memory; the packer plans with it)."),
+    load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="QLoRA: 4-bit NF4 base (bitsandbytes, CUDA)."),
     seed: int = typer.Option(0, "--seed", help="Data order and split seed."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (also at every eval)."),
     as_json: bool = JSON_OPTION,
@@ -103,7 +108,8 @@ def sweep_cmd(
             eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every,
             halving=halving, halving_at=halving_at, gpu_memory=gpu_memory,
             devices=split_list(devices) or None, pack_size=pack_size, dtype=dtype, seed=seed,
-            checkpoint_every=checkpoint_every, progress=True,
+            checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
+            dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, progress=True,
         )
 
     run(call, as_json, render)
