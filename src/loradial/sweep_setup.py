@@ -267,7 +267,8 @@ def memory_costs(settings, info, targeted, train, devices, gpu_memory) -> tuple[
     """Per-config (shared, marginal) bytes from the memory model, and the per-device budget.
 
     The estimate is that of one micro-batch (``batch_size`` sequences: --grad-accum adds no memory),
-    with gradient checkpointing and the 4-bit base when the sweep uses them."""
+    with gradient checkpointing, the 4-bit base and the dropout mask when the sweep uses them (the memory
+    model covers DoRA at dropout 0 only, so DoRA configs are estimated without the mask)."""
     from .memory import estimate_training_memory
     from .sweep_pack import config_cost, device_budget
 
@@ -275,13 +276,14 @@ def memory_costs(settings, info, targeted, train, devices, gpu_memory) -> tuple[
     dtype = settings["dtype"]
     checkpointing = bool(train_setting(settings, "gradient_checkpointing"))
     quant = "4bit" if train_setting(settings, "load_in_4bit") else "none"
+    dropout = float(train_setting(settings, "dropout") or 0.0)
     costs = []
     for entry in settings["configs"]:
         def est(n, entry=entry):
             return estimate_training_memory(info, targeted[entry["name"]], use_dora=entry["use_dora"],
                                             batch_size=settings["batch_size"], seq_len=seq_len, dtype=dtype,
                                             quant=quant, gradient_checkpointing=checkpointing,
-                                            n_adapters=n).total_bytes
+                                            n_adapters=n, lora_dropout=0.0 if entry["use_dora"] else dropout).total_bytes
         costs.append(dataclasses.asdict(config_cost(entry["name"], est)))
     budgets = [device_budget(d, gpu_memory) for d in devices]
     known = [b for b in budgets if b is not None]
