@@ -79,6 +79,8 @@ def sweep(
     dropout: float = 0.0,
     packing: bool = False,
     load_in_4bit: bool = False,
+    ray: str | None = None,
+    ray_workers: int | None = None,
     resume: bool = False,
     progress: bool = False,
 ) -> SweepResult:
@@ -89,8 +91,12 @@ def sweep(
     (an optimizer step sees ``batch_size x grad_accum`` sequences per config). The memory packer
     plans with gradient checkpointing and the 4-bit base when they are on.
 
+    ``ray`` runs the packs on a Ray cluster instead of local devices ('auto': the running cluster,
+    'local': a private one here, or an address), one worker per GPU (``ray_workers`` of them; see
+    ``loradial.sweep_ray``).
+
     ``resume=True`` continues the sweep in ``out`` with the settings of its sweep.yaml (only
-    ``devices`` may change); finished configs are never retrained.
+    ``devices`` / ``ray`` may change); finished configs are never retrained.
     """
     from . import sweep_setup, sweep_runner
 
@@ -101,7 +107,7 @@ def sweep(
         if sd.results_path.exists() and sd.read_state().get("finished"):
             return _result_from_file(sd, settings)
         sd.lock()
-        ctx = sweep_setup.load_context(settings, devices)
+        ctx = sweep_setup.load_context(settings, devices, ray, ray_workers)
     else:
         sd = check_new_sweep_dir(out)
         settings, ctx = sweep_setup.resolve(
@@ -111,7 +117,7 @@ def sweep(
             eval_every=eval_every, halving=halving, halving_at=halving_at, gpu_memory=gpu_memory,
             devices=devices, pack_size=pack_size, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
             gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum, dropout=dropout, packing=packing,
-            load_in_4bit=load_in_4bit,
+            load_in_4bit=load_in_4bit, ray=ray, ray_workers=ray_workers,
         )
         create_sweep_dir(sd, sweep_setup.settings_yaml(settings), sweep_runner.initial_state(settings))
         sd.lock()

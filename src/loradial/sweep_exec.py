@@ -5,6 +5,7 @@ Several devices (``--devices cuda:0,cuda:1``): one ``torch.multiprocessing`` wor
 (spawned, so CUDA is initialised in each child only), each loading the base once and taking the
 next segment from a shared queue; the parent commits each finished segment and draws the progress
 bars. A worker that fails stops the sweep with a runtime error (exit 1); the sweep can be resumed.
+Ray (``--ray``, ``sweep_ray``): the same workers and the same driver loop, as Ray tasks on a cluster.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ def execute(jobs: list[dict[str, Any]], settings: dict[str, Any], ctx: Any,
     """Run ``jobs`` (segments of one rung) and call ``on_done(job, outcome)`` for each, in this process."""
     if not jobs:
         return
-    if len(ctx.devices) <= 1 or len(jobs) == 1:
+    from .sweep_ray import execute_ray, is_ray
+
+    if is_ray(ctx.devices):
+        execute_ray(jobs, settings, ctx.devices, on_done, progress, n_rungs)
+    elif len(ctx.devices) <= 1 or len(jobs) == 1:
         _execute_local(jobs, settings, ctx, on_done, progress, n_rungs)
     else:
         _execute_pool(jobs, settings, ctx, on_done, progress, n_rungs)
@@ -68,8 +73,14 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker(device: str, settings: dict[str, Any], devices: list[str], jobs_q, results_q, parent: int) -> None:
-    """Child process: load the context and the base on ``device``, then run segments until told to stop."""
+    """Child process: exit with the parent; serve segments on ``device``."""
     _exit_with_parent(parent)
+    serve(device, settings, devices, jobs_q, results_q)
+
+
+def serve(device: str, settings: dict[str, Any], devices: list[str], jobs_q, results_q) -> None:
+    """A worker: load the context and the base on ``device``, then run segments from ``jobs_q`` until a
+    None, reporting ("step", id, step), ("done", id, outcome) or ("error", device, message) on ``results_q``."""
     try:
         from .sweep_engine import SegmentEnv, run_segment
         from .sweep_setup import load_context
@@ -102,30 +113,46 @@ def _execute_pool(jobs, settings, ctx, on_done, progress, n_rungs) -> None:
                            daemon=True)
         p.start()
         workers.append(p)
-    by_id = {j["id"]: j for j in jobs}
-    remaining = set(by_id)
+
+    def next_message(timeout: float):
+        try:
+            return results_q.get(timeout=timeout)
+        except _queue.Empty:
+            return None
+
+    finished = False
     try:
-        with _progress(progress) as bars:
-            tasks = {j["id"]: bars.add_task(_label(j, n_rungs), total=j["end"] - j["start"]) for j in jobs}
-            while remaining:
-                try:
-                    kind, key, payload = results_q.get(timeout=5.0)
-                except _queue.Empty:
-                    if not any(p.is_alive() for p in workers):
-                        raise runtime_failure("every sweep worker exited before the rung finished",
-                                              "resume the sweep with --resume") from None
-                    continue
-                if kind == "step":
-                    bars.update(tasks[key], completed=payload - by_id[key]["start"])
-                elif kind == "done":
-                    remaining.discard(key)
-                    bars.update(tasks[key], completed=by_id[key]["end"] - by_id[key]["start"])
-                    on_done(by_id[key], payload)
-                else:
-                    raise runtime_failure(f"sweep worker on {key} failed: {payload}", "resume the sweep with --resume")
+        drive(jobs, next_message, lambda: any(p.is_alive() for p in workers), on_done, progress, n_rungs)
+        finished = True
     finally:
         for p in workers:
-            p.join(timeout=10 if not remaining else 0.1)
+            p.join(timeout=10 if finished else 0.1)
             if p.is_alive():
                 p.terminate()
                 p.join()
+
+
+def drive(jobs: list[dict[str, Any]], next_message: Callable[[float], Any], any_alive: Callable[[], bool],
+          on_done: Callable, progress: bool, n_rungs: int) -> None:
+    """The driver's loop over the workers' messages (see ``serve``): progress bars, ``on_done`` per
+    finished segment, a runtime error when a worker fails or every worker is gone too early."""
+    by_id = {j["id"]: j for j in jobs}
+    remaining = set(by_id)
+    with _progress(progress) as bars:
+        tasks = {j["id"]: bars.add_task(_label(j, n_rungs), total=j["end"] - j["start"]) for j in jobs}
+        while remaining:
+            message = next_message(5.0)
+            if message is None:
+                if not any_alive():
+                    raise runtime_failure("every sweep worker exited before the rung finished",
+                                          "resume the sweep with --resume")
+                continue
+            kind, key, payload = message
+            if kind == "step":
+                bars.update(tasks[key], completed=payload - by_id[key]["start"])
+            elif kind == "done":
+                remaining.discard(key)
+                bars.update(tasks[key], completed=by_id[key]["end"] - by_id[key]["start"])
+                on_done(by_id[key], payload)
+            else:
+                raise runtime_failure(f"sweep worker on {key} failed: {payload}", "resume the sweep with --resume")

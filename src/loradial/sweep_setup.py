@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import LoradialError
+from .sweep_ray import is_ray
+from .sweep_ray import kind as ray_kind
 
 SETTINGS_VERSION = 1
 #: Training settings shared by every config, as ``loradial train`` names them; a sweep.yaml written
@@ -106,10 +108,25 @@ def compute_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def resolve_devices(devices: Sequence[str] | None, ray: str | None, ray_workers: int | None) -> list[str]:
+    """Local devices (checked; default: every GPU, else the CPU) or, with ``ray``, one 'ray/…' per Ray worker."""
+    if ray:
+        if devices:
+            raise LoradialError("--devices and --ray exclude each other", "on a Ray cluster use --ray-workers N")
+        from .sweep_ray import cluster_devices
+
+        return cluster_devices(ray, ray_workers)
+    if ray_workers is not None:
+        raise LoradialError("--ray-workers needs --ray", "add --ray auto (a running cluster) or --ray local")
+    return check_devices(devices) if devices else default_devices()
+
+
 def check_4bit(devices: Sequence[str]) -> None:
     """--load-in-4bit's requirements, checked before anything is written (the same errors as ``loradial train``)."""
-    if any(not d.startswith("cuda") for d in devices):
+    if any(ray_kind(d) != "cuda" for d in devices):
         raise LoradialError("--load-in-4bit needs a CUDA GPU", "drop --load-in-4bit on this machine")
+    if is_ray(list(devices)):
+        return  # bitsandbytes is needed on the workers, not here
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -189,7 +206,7 @@ def _data(settings: dict[str, Any], tokenizer) -> tuple[list, list]:
 def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, grid, steps, epochs,
             batch_size, max_len, eval_data, eval_fraction, eval_every, halving, halving_at, gpu_memory, devices,
             pack_size, dtype, seed, checkpoint_every, gradient_checkpointing=False, grad_accum=1, dropout=0.0,
-            packing=False, load_in_4bit=False) -> tuple[dict[str, Any], Context]:
+            packing=False, load_in_4bit=False, ray=None, ray_workers=None) -> tuple[dict[str, Any], Context]:
     """Validate everything and return (settings for sweep.yaml, in-memory context)."""
     from .halving import parse_fractions, rung_boundaries
     from .models import inspect_model, resolve_targets
@@ -213,7 +230,7 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
         raise LoradialError(f"--dropout must be in [0, 1), got {dropout!r}", "use e.g. --dropout 0.05")
     if not data:
         raise LoradialError("no training data", "pass --data FILE")
-    devices = check_devices(devices) if devices else default_devices()
+    devices = resolve_devices(devices, ray, ray_workers)
     model_dir = _model_dir(model)
     if load_in_4bit:
         check_4bit(devices)
@@ -229,7 +246,7 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
         "data": str(Path(data).expanduser().resolve()),
         "eval_data": str(Path(eval_data).expanduser().resolve()) if eval_data else None,
         "eval_fraction": float(eval_fraction), "seed": int(seed), "batch_size": batch_size, "max_len": max_len,
-        "dtype": compute_dtype(dtype, devices[0]), "grid": {k: v for k, v in values.items()},
+        "dtype": compute_dtype(dtype, ray_kind(devices[0])), "grid": {k: v for k, v in values.items()},
         "gradient_checkpointing": bool(gradient_checkpointing), "grad_accum": int(grad_accum),
         "dropout": float(dropout), "packing": bool(packing), "load_in_4bit": bool(load_in_4bit),
     }
@@ -271,6 +288,7 @@ def memory_costs(settings, info, targeted, train, devices, gpu_memory) -> tuple[
     model covers DoRA at dropout 0 only, so DoRA configs are estimated without the mask)."""
     from .memory import estimate_training_memory
     from .sweep_pack import config_cost, device_budget
+    from .sweep_ray import worker_budget
 
     seq_len = min(settings["max_len"], max(len(ex["input_ids"]) for ex in train))
     dtype = settings["dtype"]
@@ -285,7 +303,8 @@ def memory_costs(settings, info, targeted, train, devices, gpu_memory) -> tuple[
                                             quant=quant, gradient_checkpointing=checkpointing,
                                             n_adapters=n, lora_dropout=0.0 if entry["use_dora"] else dropout).total_bytes
         costs.append(dataclasses.asdict(config_cost(entry["name"], est)))
-    budgets = [device_budget(d, gpu_memory) for d in devices]
+    budgets = ([worker_budget(devices[0], gpu_memory)] if is_ray(devices) else
+               [device_budget(d, gpu_memory) for d in devices])
     known = [b for b in budgets if b is not None]
     return (min(known) if known else None), costs
 
@@ -297,13 +316,14 @@ def settings_yaml(settings: dict[str, Any]) -> str:
     return head + yaml.safe_dump(settings, sort_keys=False, default_flow_style=None, width=120)
 
 
-def load_context(settings: dict[str, Any], devices: Sequence[str] | None) -> Context:
+def load_context(settings: dict[str, Any], devices: Sequence[str] | None, ray: str | None = None,
+                 ray_workers: int | None = None) -> Context:
     """Rebuild the in-memory context of a sweep from its sweep.yaml (for --resume)."""
     from .models import inspect_model
 
     if settings.get("loradial_sweep") != SETTINGS_VERSION:
         raise LoradialError(f"sweep.yaml has version {settings.get('loradial_sweep')}, expected {SETTINGS_VERSION}")
-    devices = check_devices(devices) if devices else default_devices()
+    devices = resolve_devices(devices, ray, ray_workers)
     if train_setting(settings, "load_in_4bit"):
         check_4bit(devices)
     model_dir = _model_dir(settings["model"])

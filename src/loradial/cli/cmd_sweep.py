@@ -78,6 +78,8 @@ def sweep_cmd(
     dtype: str = typer.Option("auto", "--dtype", help="Base weights dtype: auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations (less memory; the packer plans with it)."),
     load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="QLoRA: 4-bit NF4 base (bitsandbytes, CUDA)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the packs on a Ray cluster: auto (the running one), local (start one here) or an address. The sweep directory must be on a filesystem every node sees."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Ray workers, one GPU each (default: every GPU of the cluster)."),
     seed: int = typer.Option(0, "--seed", help="Data order and split seed."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (also at every eval)."),
     as_json: bool = JSON_OPTION,
@@ -92,7 +94,8 @@ def sweep_cmd(
         from ..errors import LoradialError
 
         if resume:
-            return run_sweep(out=resume, resume=True, devices=split_list(devices) or None, progress=True)
+            return run_sweep(out=resume, resume=True, devices=split_list(devices) or None, ray=ray,
+                             ray_workers=ray_workers, progress=True)
         if out is None:
             raise LoradialError("no output directory", "pass --out DIR (or --resume DIR to continue a sweep)")
         return run_sweep(
@@ -109,7 +112,8 @@ def sweep_cmd(
             halving=halving, halving_at=halving_at, gpu_memory=gpu_memory,
             devices=split_list(devices) or None, pack_size=pack_size, dtype=dtype, seed=seed,
             checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
-            dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, progress=True,
+            dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, ray=ray, ray_workers=ray_workers,
+            progress=True,
         )
 
     run(call, as_json, render)
