@@ -42,8 +42,18 @@ from .rules import plain_number
 
 FORMATS = ("peft", "trl", "axolotl", "llamafactory", "unsloth", "torchtune")
 CONFIG_KEYS = ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "lora_dropout", "rank_pattern", "alpha_pattern")
-TRAIN_KEYS = ("model", "learning_rate", "micro_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "seq_len")
+TRAIN_KEYS = ("model", "learning_rate", "micro_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "seq_len",
+              "max_steps", "epochs", "schedule", "warmup_steps", "warmup_ratio", "max_grad_norm", "weight_decay")
 REQUIRED = ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "learning_rate")
+#: TRAIN_KEYS -> the keys of trainers built on HF TrainingArguments (TRL's SFTConfig, LLaMA-Factory, Unsloth).
+_HF_KEYS = {"learning_rate": "learning_rate", "micro_batch_size": "per_device_train_batch_size",
+            "gradient_accumulation_steps": "gradient_accumulation_steps", "max_steps": "max_steps",
+            "epochs": "num_train_epochs", "schedule": "lr_scheduler_type", "warmup_steps": "warmup_steps",
+            "warmup_ratio": "warmup_ratio", "max_grad_norm": "max_grad_norm", "weight_decay": "weight_decay"}
+_AXOLOTL_KEYS = {"seq_len": "sequence_len", **_HF_KEYS, "micro_batch_size": "micro_batch_size", "epochs": "num_epochs",
+                 "schedule": "lr_scheduler", "gradient_checkpointing": "gradient_checkpointing"}
+#: The engine's schedules (linear warmup, then ...) in HF's SchedulerType names.
+_HF_SCHEDULE = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 #: Unsloth's own default target list for Llama-style models (used when the model is unknown).
 LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -150,22 +160,19 @@ def _trl(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                 "lora_dropout": c.get("lora_dropout", 0.0),
                 "lora_target_modules": targets if isinstance(targets, str) else list(targets),
                 "use_rslora": c["use_rslora"], "use_dora": c["use_dora"]})
-    doc.update(_hf_training(c, gc_key="gradient_checkpointing", seq_key="max_length"))
+    doc.update(_training(c, {**_HF_KEYS, "gradient_checkpointing": "gradient_checkpointing", "seq_len": "max_length"}))
     return doc
 
 
-def _hf_training(c: dict[str, Any], gc_key: str | None, seq_key: str | None) -> dict[str, Any]:
+def _training(c: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    """The training settings in ``c`` under a tool's own names (``keys``: ours -> its); absent ones omitted."""
     out: dict[str, Any] = {}
-    if c.get("learning_rate") is not None:
-        out["learning_rate"] = c["learning_rate"]
-    if c.get("micro_batch_size"):
-        out["per_device_train_batch_size"] = c["micro_batch_size"]
-    if c.get("gradient_accumulation_steps"):
-        out["gradient_accumulation_steps"] = c["gradient_accumulation_steps"]
-    if gc_key and c.get("gradient_checkpointing") is not None:
-        out[gc_key] = bool(c["gradient_checkpointing"])
-    if seq_key and c.get("seq_len"):
-        out[seq_key] = c["seq_len"]
+    for ours, theirs in keys.items():
+        v = c.get(ours)
+        if ours == "max_grad_norm" and ours in c and v is None:
+            v = 0.0  # the engine's None (no clipping) is 0 in HF's TrainingArguments
+        if v is not None:
+            out[theirs] = _HF_SCHEDULE.get(v, v) if ours == "schedule" else bool(v) if ours == "gradient_checkpointing" else v
     return out
 
 
@@ -183,16 +190,7 @@ def _axolotl(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     else:
         doc["lora_target_modules"] = t if isinstance(t, str) else list(t)
     doc.update({"peft_use_rslora": c["use_rslora"], "peft_use_dora": c["use_dora"]})
-    if c.get("seq_len"):
-        doc["sequence_len"] = c["seq_len"]
-    if c.get("micro_batch_size"):
-        doc["micro_batch_size"] = c["micro_batch_size"]
-    if c.get("gradient_accumulation_steps"):
-        doc["gradient_accumulation_steps"] = c["gradient_accumulation_steps"]
-    if c.get("learning_rate") is not None:
-        doc["learning_rate"] = c["learning_rate"]
-    if c.get("gradient_checkpointing") is not None:
-        doc["gradient_checkpointing"] = bool(c["gradient_checkpointing"])
+    doc.update(_training(c, _AXOLOTL_KEYS))
     return doc
 
 
@@ -216,7 +214,7 @@ def _llamafactory(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                 "lora_alpha": _int_alpha(c["lora_alpha"], c["r"], c["use_rslora"], "LLaMA-Factory", w),
                 "lora_dropout": c.get("lora_dropout", 0.0), "lora_target": target,
                 "use_rslora": c["use_rslora"], "use_dora": c["use_dora"]})
-    doc.update(_hf_training(c, gc_key=None, seq_key="cutoff_len"))
+    doc.update(_training(c, {**_HF_KEYS, "seq_len": "cutoff_len"}))
     if c.get("gradient_checkpointing") is not None:
         doc["disable_gradient_checkpointing"] = not c["gradient_checkpointing"]
     return doc
@@ -258,7 +256,7 @@ def _unsloth(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     if c.get("model") or c.get("seq_len"):
         doc["from_pretrained"] = {k: v for k, v in (("model_name", c.get("model")), ("max_seq_length", c.get("seq_len"))) if v}
     doc["get_peft_model"] = kwargs
-    train = _hf_training(c, gc_key=None, seq_key=None)
+    train = _training(c, _HF_KEYS)
     if train:
         doc["training_args"] = train
     return doc
@@ -313,6 +311,18 @@ def _torchtune(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
         doc["gradient_accumulation_steps"] = c["gradient_accumulation_steps"]
     if c.get("gradient_checkpointing") is not None:
         doc["enable_activation_checkpointing"] = bool(c["gradient_checkpointing"])
+    if c.get("weight_decay") is not None:
+        doc.setdefault("optimizer", {})["weight_decay"] = c["weight_decay"]
+    if "max_grad_norm" in c:
+        doc["clip_grad_norm"] = c["max_grad_norm"]  # None: no clipping, in both
+    if c.get("max_steps") or c.get("epochs"):
+        doc.update({"epochs": 1, "max_steps_per_epoch": c["max_steps"]} if c.get("max_steps") else {"epochs": c["epochs"]})
+    if c.get("schedule") == "cosine" and c.get("warmup_steps") is not None:
+        doc["lr_scheduler"] = {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+                               "num_warmup_steps": c["warmup_steps"]}
+    elif c.get("schedule"):
+        w.append(f"torchtune: lr_scheduler not written (set one for the {c['schedule']} schedule with warmup "
+                 f"{c.get('warmup_steps', c.get('warmup_ratio'))})")
     return doc
 
 
@@ -348,6 +358,10 @@ def export_config(config: dict[str, Any], format: str, out: str | Path | None = 
     c["lora_alpha"] = plain_number(c["lora_alpha"])
     if c.get("model"):
         c["model"] = hub_id(str(c["model"]))
+    if c.get("warmup_steps") is None and c.get("warmup_ratio") is not None and c.get("max_steps"):
+        c["warmup_steps"] = math.ceil(c["warmup_ratio"] * c["max_steps"])  # the engine's count: exact in every tool
+    if c.get("warmup_steps") is not None:
+        c.pop("warmup_ratio", None)
     warnings: list[str] = []
     doc = _BUILDERS[fmt](c, info, warnings)
     text = render(fmt, doc)
@@ -364,7 +378,10 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     per config ``name``, ``r``, ``lora_alpha``, ``use_rslora``, ``use_dora``, ``target_modules``,
     ``learning_rate`` and, if present, ``lora_dropout``, ``rank_pattern``, ``alpha_pattern``;
     ``variant`` ('lora' | 'rslora' | 'dora') stands in for use_rslora/use_dora when those are absent.
-    ``settings.model``, ``settings.max_len`` and ``settings.batch_size`` fill the training keys.
+    ``settings.model``, ``max_len``, ``batch_size``, ``steps`` (else ``epochs``) fill the training keys, and
+    the engine's optimizer settings (``sweep_engine.TRAIN_DEFAULTS`` under ``settings.train``, as the
+    sweep merged them) give schedule, warmup, max_grad_norm and weight_decay; the sweep accumulates no
+    gradients (gradient_accumulation_steps 1).
     """
     configs = results.get("configs")
     if not isinstance(configs, list) or not configs:
@@ -383,9 +400,15 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     cfg.setdefault("use_rslora", variant == "rslora")
     cfg.setdefault("use_dora", variant == "dora")
     settings = results.get("settings") or {}
-    for src, dst in (("model", "model"), ("max_len", "seq_len"), ("batch_size", "micro_batch_size")):
+    from .sweep_engine import TRAIN_DEFAULTS
+
+    for src, dst in (("model", "model"), ("max_len", "seq_len"), ("batch_size", "micro_batch_size"), ("steps", "max_steps")):
         if settings.get(src) is not None:
             cfg[dst] = settings[src]
+    if "max_steps" not in cfg and settings.get("epochs") is not None:
+        cfg["epochs"] = settings["epochs"]
+    cfg["gradient_accumulation_steps"] = 1  # the sweep's engine takes one optimizer step per batch
+    cfg.update({k: v for k, v in {**TRAIN_DEFAULTS, **(settings.get("train") or {})}.items() if k in TRAIN_KEYS})
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise LoradialError(f"config {want!r} in results.json lacks {', '.join(missing)}",
