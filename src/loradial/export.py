@@ -5,9 +5,8 @@ Unsloth 16/16, LLaMA-Factory alpha=2r). Whatever a format cannot express is said
 never dropped silently. Key names were checked against each tool's source:
 
 * ``peft``          JSON of ``peft.LoraConfig`` keyword arguments.
-* ``trl``           YAML for ``trl sft --config``: ModelConfig (use_peft, lora_r, lora_alpha,
-                    lora_dropout, lora_target_modules, use_rslora, use_dora, model_name_or_path) plus
-                    SFTConfig (learning_rate, per_device_train_batch_size, ...). No rank_pattern.
+* ``trl``           YAML for ``trl sft --config``: ModelConfig (use_peft, lora_r, lora_alpha, lora_dropout,
+                    lora_target_modules, use_rslora, use_dora, model_name_or_path) + SFTConfig (_HF_KEYS).
 * ``axolotl``       YAML: adapter: lora, lora_r, lora_alpha (an int), lora_dropout, lora_target_linear
                     or lora_target_modules, peft_use_rslora, peft_use_dora, micro_batch_size, ...
                     (axolotl's LoraConfig schema has no rank_pattern).
@@ -19,12 +18,12 @@ never dropped silently. Key names were checked against each tool's source:
 * ``torchtune``     YAML fragment of a LoRA recipe: model.lora_attn_modules (q_proj, k_proj, v_proj,
                     output_proj), apply_lora_to_mlp (all MLP projections or none),
                     apply_lora_to_output, lora_rank, lora_alpha, lora_dropout, use_dora;
-                    optimizer.lr, batch_size, gradient_accumulation_steps,
-                    enable_activation_checkpointing. torchtune has no rsLoRA: alpha is rescaled so
-                    that alpha/r equals the rsLoRA scale alpha/sqrt(r) (same forward, same s).
+                    optimizer.lr/weight_decay, batch_size, epochs, max_steps_per_epoch, clip_grad_norm, ...
+                    No rsLoRA: alpha is rescaled to alpha*sqrt(r), so alpha'/r = alpha/sqrt(r) (same s).
 
 The input is a config in PEFT's vocabulary (``CONFIG_KEYS``) plus optional training settings
-(``TRAIN_KEYS``).
+(``TRAIN_KEYS``, the engine's names) that each builder writes as its tool's keys; warmup in steps (the
+engine's ceil(ratio x steps)) when the total is known; a setting the input lacks is not written.
 """
 
 from __future__ import annotations
@@ -144,9 +143,7 @@ def _peft(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     doc = {"r": c["r"], "lora_alpha": c["lora_alpha"], "target_modules": c["target_modules"],
            "lora_dropout": c.get("lora_dropout", 0.0), "use_rslora": c["use_rslora"], "use_dora": c["use_dora"],
            "bias": "none", "task_type": "CAUSAL_LM"}
-    for key in ("rank_pattern", "alpha_pattern"):
-        if c.get(key):
-            doc[key] = dict(c[key])
+    doc.update({k: dict(c[k]) for k in ("rank_pattern", "alpha_pattern") if c.get(k)})
     return doc
 
 
@@ -169,8 +166,8 @@ def _training(c: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for ours, theirs in keys.items():
         v = c.get(ours)
-        if ours == "max_grad_norm" and ours in c and v is None:
-            v = 0.0  # the engine's None (no clipping) is 0 in HF's TrainingArguments
+        if v is None and theirs == "max_grad_norm" and ours in c:
+            v = 0.0  # the engine's None (no clipping) is 0 in HF's TrainingArguments (torchtune's default is None)
         if v is not None:
             out[theirs] = _HF_SCHEDULE.get(v, v) if ours == "schedule" else bool(v) if ours == "gradient_checkpointing" else v
     return out
@@ -241,14 +238,8 @@ def _unsloth(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                               "use_rslora": c["use_rslora"]}
     if c.get("gradient_checkpointing") is not None:
         kwargs["use_gradient_checkpointing"] = "unsloth" if c["gradient_checkpointing"] else False
-    passed = []
-    if c["use_dora"]:
-        kwargs["use_dora"] = True
-        passed.append("use_dora")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if c.get(key):
-            kwargs[key] = dict(c[key])
-            passed.append(key)
+    passed = [k for k in ("use_dora", "rank_pattern", "alpha_pattern") if c.get(k)]
+    kwargs.update({k: True if k == "use_dora" else dict(c[k]) for k in passed})
     if passed:
         w.append(f"Unsloth's get_peft_model has no {', '.join(passed)} parameter; they are passed through its "
                  "**kwargs to peft.LoraConfig, outside Unsloth's optimized path")
@@ -302,21 +293,12 @@ def _torchtune(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     model = {"lora_attn_modules": attn, "apply_lora_to_mlp": mlp_all, "apply_lora_to_output": output,
              "lora_rank": c["r"], "lora_alpha": alpha, "lora_dropout": c.get("lora_dropout", 0.0),
              "use_dora": c["use_dora"]}
-    doc: dict[str, Any] = {"model": model}
-    if c.get("learning_rate") is not None:
-        doc["optimizer"] = {"lr": c["learning_rate"]}
-    if c.get("micro_batch_size"):
-        doc["batch_size"] = c["micro_batch_size"]
-    if c.get("gradient_accumulation_steps"):
-        doc["gradient_accumulation_steps"] = c["gradient_accumulation_steps"]
-    if c.get("gradient_checkpointing") is not None:
-        doc["enable_activation_checkpointing"] = bool(c["gradient_checkpointing"])
-    if c.get("weight_decay") is not None:
-        doc.setdefault("optimizer", {})["weight_decay"] = c["weight_decay"]
-    if "max_grad_norm" in c:
-        doc["clip_grad_norm"] = c["max_grad_norm"]  # None: no clipping, in both
-    if c.get("max_steps") or c.get("epochs"):
-        doc.update({"epochs": 1, "max_steps_per_epoch": c["max_steps"]} if c.get("max_steps") else {"epochs": c["epochs"]})
+    doc: dict[str, Any] = {"model": model, "optimizer": _training(c, {"learning_rate": "lr", "weight_decay": "weight_decay"})}
+    doc.update(_training(c, {"micro_batch_size": "batch_size", "gradient_accumulation_steps": "gradient_accumulation_steps",
+                             "gradient_checkpointing": "enable_activation_checkpointing", "max_grad_norm": "clip_grad_norm",
+                             "epochs": "epochs"}))
+    if c.get("max_steps"):
+        doc.update(epochs=1, max_steps_per_epoch=c["max_steps"])
     if c.get("schedule") == "cosine" and c.get("warmup_steps") is not None:
         doc["lr_scheduler"] = {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
                                "num_warmup_steps": c["warmup_steps"]}
@@ -378,10 +360,8 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     per config ``name``, ``r``, ``lora_alpha``, ``use_rslora``, ``use_dora``, ``target_modules``,
     ``learning_rate`` and, if present, ``lora_dropout``, ``rank_pattern``, ``alpha_pattern``;
     ``variant`` ('lora' | 'rslora' | 'dora') stands in for use_rslora/use_dora when those are absent.
-    ``settings.model``, ``max_len``, ``batch_size``, ``steps`` (else ``epochs``) fill the training keys, and
-    the engine's optimizer settings (``sweep_engine.TRAIN_DEFAULTS`` under ``settings.train``, as the
-    sweep merged them) give schedule, warmup, max_grad_norm and weight_decay; the sweep accumulates no
-    gradients (gradient_accumulation_steps 1).
+    ``settings.model``, ``max_len``, ``batch_size``, ``steps`` (else ``epochs``) and the engine's optimizer
+    settings (``sweep_engine.TRAIN_DEFAULTS`` updated by ``settings.train``, as the sweep merges them) fill the training keys.
     """
     configs = results.get("configs")
     if not isinstance(configs, list) or not configs:
