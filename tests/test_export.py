@@ -26,6 +26,10 @@ CONFIGS = {
     "rslora_dora": dict(r=128, lora_alpha=64, use_rslora=True, use_dora=True,
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"],
                         rank_pattern={"q_proj": 64}, lora_dropout=0.0, learning_rate=1e-4),
+    # what export_sweep reads from a sweep: its steps and the engine's optimizer settings
+    "sweep": dict(r=8, lora_alpha=16, use_rslora=False, use_dora=False, target_modules=["q_proj", "v_proj"],
+                  learning_rate=3e-4, micro_batch_size=8, gradient_accumulation_steps=1, seq_len=512, max_steps=200,
+                  schedule="cosine", warmup_ratio=0.03, max_grad_norm=1.0, weight_decay=0.01),
 }
 
 
@@ -158,7 +162,7 @@ def test_bad_input():
 
 
 # --- sweep results ---------------------------------------------------------------------------------
-def _sweep(tmp_path, best="r16-a32-rslora-lr2e-4"):
+def _sweep(tmp_path, best="r16-a32-rslora-lr2e-4", settings=None):
     d = tmp_path / "sweep"
     d.mkdir()
     (d / "results.json").write_text(json.dumps({
@@ -169,7 +173,7 @@ def _sweep(tmp_path, best="r16-a32-rslora-lr2e-4"):
             {"name": "r8-a8-dora-lr1e-4", "r": 8, "lora_alpha": 8, "use_rslora": False, "use_dora": True,
              "target_modules": ["q_proj", "v_proj"], "learning_rate": 1e-4, "best_eval_loss": 1.3},
         ],
-        "settings": {"max_len": 512, "batch_size": 4},
+        "settings": {"max_len": 512, "batch_size": 4, "steps": 300, "epochs": None, **(settings or {})},
     }))
     return d
 
@@ -207,3 +211,46 @@ def test_cli_export_prints_document_and_warnings(tmp_path, cli):
     assert code == 0 and json.loads(out)["document"]["lora_r"] == 16
     code, out, err = cli("export", d, "--format", "keras")
     assert code == 2 and "unknown export format" in err
+
+
+@pytest.mark.parametrize("train", [None, {"schedule": "linear", "warmup_steps": 7, "weight_decay": 0.1, "max_grad_norm": 0.5}])
+def test_export_sweep_writes_the_schedule_the_winner_trained_under(tmp_path, train):
+    """Steps, schedule, warmup, clipping and weight decay are those the sweep's engine used, in each tool's keys."""
+    from loradial.engine import AdapterConfig
+    from loradial.spec import LoraSpec
+    from loradial.sweep_engine import adapter_configs
+
+    d = _sweep(tmp_path, settings={"train": train} if train else None)
+    settings = json.loads((d / "results.json").read_text())["settings"]
+    settings["configs"] = [{"name": "x", "r": 16, "lora_alpha": 32, "target_modules": "all-linear", "use_rslora": True,
+                            "use_dora": False, "learning_rate": 2e-4, "seed": 0}]
+    eng: AdapterConfig = adapter_configs(settings, ["x"])[0]  # what the sweep trained with
+    want = {"max_steps": 300, "warmup_steps": eng.warmup(300), "max_grad_norm": eng.max_grad_norm,
+            "weight_decay": eng.weight_decay, "gradient_accumulation_steps": 1}
+    sched = {"cosine": "cosine", "linear": "linear"}[eng.schedule]
+    hf = {**want, "lr_scheduler_type": sched, "per_device_train_batch_size": 4, "learning_rate": 2e-4}
+    for fmt in ("trl", "llamafactory"):
+        doc = export_sweep(d, fmt).document
+        assert {k: doc[k] for k in hf} == hf and "warmup_ratio" not in doc and "num_train_epochs" not in doc, fmt
+    assert export_sweep(d, "unsloth").document["training_args"] == hf
+    ax = export_sweep(d, "axolotl").document
+    assert {k: ax[k] for k in want} == want and (ax["lr_scheduler"], ax["micro_batch_size"]) == (sched, 4)
+    tt = export_sweep(d, "torchtune")
+    assert (tt.document["max_steps_per_epoch"], tt.document["clip_grad_norm"]) == (300, eng.max_grad_norm)
+    assert tt.document["optimizer"]["weight_decay"] == eng.weight_decay
+    if eng.schedule == "cosine":
+        assert tt.document["lr_scheduler"]["num_warmup_steps"] == eng.warmup(300) == 9  # ceil(0.03 * 300)
+    else:
+        assert "lr_scheduler" not in tt.document and any("lr_scheduler not written" in w for w in tt.warnings)
+    import transformers  # the HF-Trainer tools' keys load in the installed TrainingArguments
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "o"), **export_sweep(d, "unsloth").document["training_args"])
+    assert (args.max_steps, args.get_warmup_steps(300), args.lr_scheduler_type.value) == (300, eng.warmup(300), sched)
+
+
+def test_export_omits_settings_the_source_lacks():
+    doc = export_config(CONFIGS["rslora_dora"], "trl").document
+    assert not {"max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
+                "max_grad_norm", "weight_decay"} & set(doc)
+    epochs = export_config(dict(CONFIGS["rslora_dora"], epochs=2.0, warmup_ratio=0.05), "axolotl").document
+    assert (epochs["num_epochs"], epochs["warmup_ratio"]) == (2.0, 0.05) and "max_steps" not in epochs

@@ -221,3 +221,19 @@ def test_report_is_the_verb_even_after_its_package_is_imported() -> None:
 
     importlib.import_module("loradial.report")
     assert loradial.report is importlib.import_module("loradial.report").report
+
+
+def test_gap_column_is_train_minus_eval_as_in_results_json(tmp_path: Path) -> None:
+    from loradial.report.load import load_sweep
+    from loradial.report.render import sweep_section
+    from loradial.sweep_results import config_result
+
+    stored = config_result({"name": "a", "r": 8}, {"train": [(1, 2.0, 0), (2, 1.5, 0)], "eval": [(2, 1.8)]},
+                           trainable_params=1, steps=2, stopped_at=None, pack=0, train_seconds=1.0, peak_memory_bytes=None)
+    assert stored["gap"] == pytest.approx(1.5 - 1.8)  # the sweep's own sign: train - eval
+    unstored = {"name": "b", "r": 4, "final_train_loss": 1.0, "final_eval_loss": 1.25, "best_eval_loss": 1.25}
+    (tmp_path / "results.json").write_text(json.dumps({"configs": [stored, unstored]}))
+    table = sweep_section(load_sweep(tmp_path, []))["table"]
+    col = table["head"].index("gap (train − eval)")
+    assert [row["cells"][col]["text"] for row in table["rows"]] == ["-0.250", "-0.300"]  # b then a (best eval)
+    assert "eval − train" not in Path(loradial.report(tmp_path).path).read_text()

@@ -5,9 +5,8 @@ Unsloth 16/16, LLaMA-Factory alpha=2r). Whatever a format cannot express is said
 never dropped silently. Key names were checked against each tool's source:
 
 * ``peft``          JSON of ``peft.LoraConfig`` keyword arguments.
-* ``trl``           YAML for ``trl sft --config``: ModelConfig (use_peft, lora_r, lora_alpha,
-                    lora_dropout, lora_target_modules, use_rslora, use_dora, model_name_or_path) plus
-                    SFTConfig (learning_rate, per_device_train_batch_size, ...). No rank_pattern.
+* ``trl``           YAML for ``trl sft --config``: ModelConfig (use_peft, lora_r, lora_alpha, lora_dropout,
+                    lora_target_modules, use_rslora, use_dora, model_name_or_path) + SFTConfig (_HF_KEYS).
 * ``axolotl``       YAML: adapter: lora, lora_r, lora_alpha (an int), lora_dropout, lora_target_linear
                     or lora_target_modules, peft_use_rslora, peft_use_dora, micro_batch_size, ...
                     (axolotl's LoraConfig schema has no rank_pattern).
@@ -19,12 +18,12 @@ never dropped silently. Key names were checked against each tool's source:
 * ``torchtune``     YAML fragment of a LoRA recipe: model.lora_attn_modules (q_proj, k_proj, v_proj,
                     output_proj), apply_lora_to_mlp (all MLP projections or none),
                     apply_lora_to_output, lora_rank, lora_alpha, lora_dropout, use_dora;
-                    optimizer.lr, batch_size, gradient_accumulation_steps,
-                    enable_activation_checkpointing. torchtune has no rsLoRA: alpha is rescaled so
-                    that alpha/r equals the rsLoRA scale alpha/sqrt(r) (same forward, same s).
+                    optimizer.lr/weight_decay, batch_size, epochs, max_steps_per_epoch, clip_grad_norm, ...
+                    No rsLoRA: alpha is rescaled to alpha*sqrt(r), so alpha'/r = alpha/sqrt(r) (same s).
 
 The input is a config in PEFT's vocabulary (``CONFIG_KEYS``) plus optional training settings
-(``TRAIN_KEYS``).
+(``TRAIN_KEYS``, the engine's names) that each builder writes as its tool's keys; warmup in steps (the
+engine's ceil(ratio x steps)) when the total is known; a setting the input lacks is not written.
 """
 
 from __future__ import annotations
@@ -42,8 +41,18 @@ from .rules import plain_number
 
 FORMATS = ("peft", "trl", "axolotl", "llamafactory", "unsloth", "torchtune")
 CONFIG_KEYS = ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "lora_dropout", "rank_pattern", "alpha_pattern")
-TRAIN_KEYS = ("model", "learning_rate", "micro_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "seq_len")
+TRAIN_KEYS = ("model", "learning_rate", "micro_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "seq_len",
+              "max_steps", "epochs", "schedule", "warmup_steps", "warmup_ratio", "max_grad_norm", "weight_decay")
 REQUIRED = ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "learning_rate")
+#: TRAIN_KEYS -> the keys of trainers built on HF TrainingArguments (TRL's SFTConfig, LLaMA-Factory, Unsloth).
+_HF_KEYS = {"learning_rate": "learning_rate", "micro_batch_size": "per_device_train_batch_size",
+            "gradient_accumulation_steps": "gradient_accumulation_steps", "max_steps": "max_steps",
+            "epochs": "num_train_epochs", "schedule": "lr_scheduler_type", "warmup_steps": "warmup_steps",
+            "warmup_ratio": "warmup_ratio", "max_grad_norm": "max_grad_norm", "weight_decay": "weight_decay"}
+_AXOLOTL_KEYS = {"seq_len": "sequence_len", **_HF_KEYS, "micro_batch_size": "micro_batch_size", "epochs": "num_epochs",
+                 "schedule": "lr_scheduler", "gradient_checkpointing": "gradient_checkpointing"}
+#: The engine's schedules (linear warmup, then ...) in HF's SchedulerType names.
+_HF_SCHEDULE = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 #: Unsloth's own default target list for Llama-style models (used when the model is unknown).
 LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -134,9 +143,7 @@ def _peft(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     doc = {"r": c["r"], "lora_alpha": c["lora_alpha"], "target_modules": c["target_modules"],
            "lora_dropout": c.get("lora_dropout", 0.0), "use_rslora": c["use_rslora"], "use_dora": c["use_dora"],
            "bias": "none", "task_type": "CAUSAL_LM"}
-    for key in ("rank_pattern", "alpha_pattern"):
-        if c.get(key):
-            doc[key] = dict(c[key])
+    doc.update({k: dict(c[k]) for k in ("rank_pattern", "alpha_pattern") if c.get(k)})
     return doc
 
 
@@ -150,22 +157,19 @@ def _trl(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                 "lora_dropout": c.get("lora_dropout", 0.0),
                 "lora_target_modules": targets if isinstance(targets, str) else list(targets),
                 "use_rslora": c["use_rslora"], "use_dora": c["use_dora"]})
-    doc.update(_hf_training(c, gc_key="gradient_checkpointing", seq_key="max_length"))
+    doc.update(_training(c, {**_HF_KEYS, "gradient_checkpointing": "gradient_checkpointing", "seq_len": "max_length"}))
     return doc
 
 
-def _hf_training(c: dict[str, Any], gc_key: str | None, seq_key: str | None) -> dict[str, Any]:
+def _training(c: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    """The training settings in ``c`` under a tool's own names (``keys``: ours -> its); absent ones omitted."""
     out: dict[str, Any] = {}
-    if c.get("learning_rate") is not None:
-        out["learning_rate"] = c["learning_rate"]
-    if c.get("micro_batch_size"):
-        out["per_device_train_batch_size"] = c["micro_batch_size"]
-    if c.get("gradient_accumulation_steps"):
-        out["gradient_accumulation_steps"] = c["gradient_accumulation_steps"]
-    if gc_key and c.get("gradient_checkpointing") is not None:
-        out[gc_key] = bool(c["gradient_checkpointing"])
-    if seq_key and c.get("seq_len"):
-        out[seq_key] = c["seq_len"]
+    for ours, theirs in keys.items():
+        v = c.get(ours)
+        if v is None and theirs == "max_grad_norm" and ours in c:
+            v = 0.0  # the engine's None (no clipping) is 0 in HF's TrainingArguments (torchtune's default is None)
+        if v is not None:
+            out[theirs] = _HF_SCHEDULE.get(v, v) if ours == "schedule" else bool(v) if ours == "gradient_checkpointing" else v
     return out
 
 
@@ -183,16 +187,7 @@ def _axolotl(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     else:
         doc["lora_target_modules"] = t if isinstance(t, str) else list(t)
     doc.update({"peft_use_rslora": c["use_rslora"], "peft_use_dora": c["use_dora"]})
-    if c.get("seq_len"):
-        doc["sequence_len"] = c["seq_len"]
-    if c.get("micro_batch_size"):
-        doc["micro_batch_size"] = c["micro_batch_size"]
-    if c.get("gradient_accumulation_steps"):
-        doc["gradient_accumulation_steps"] = c["gradient_accumulation_steps"]
-    if c.get("learning_rate") is not None:
-        doc["learning_rate"] = c["learning_rate"]
-    if c.get("gradient_checkpointing") is not None:
-        doc["gradient_checkpointing"] = bool(c["gradient_checkpointing"])
+    doc.update(_training(c, _AXOLOTL_KEYS))
     return doc
 
 
@@ -216,7 +211,7 @@ def _llamafactory(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                 "lora_alpha": _int_alpha(c["lora_alpha"], c["r"], c["use_rslora"], "LLaMA-Factory", w),
                 "lora_dropout": c.get("lora_dropout", 0.0), "lora_target": target,
                 "use_rslora": c["use_rslora"], "use_dora": c["use_dora"]})
-    doc.update(_hf_training(c, gc_key=None, seq_key="cutoff_len"))
+    doc.update(_training(c, {**_HF_KEYS, "seq_len": "cutoff_len"}))
     if c.get("gradient_checkpointing") is not None:
         doc["disable_gradient_checkpointing"] = not c["gradient_checkpointing"]
     return doc
@@ -243,14 +238,8 @@ def _unsloth(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                               "use_rslora": c["use_rslora"]}
     if c.get("gradient_checkpointing") is not None:
         kwargs["use_gradient_checkpointing"] = "unsloth" if c["gradient_checkpointing"] else False
-    passed = []
-    if c["use_dora"]:
-        kwargs["use_dora"] = True
-        passed.append("use_dora")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if c.get(key):
-            kwargs[key] = dict(c[key])
-            passed.append(key)
+    passed = [k for k in ("use_dora", "rank_pattern", "alpha_pattern") if c.get(k)]
+    kwargs.update({k: True if k == "use_dora" else dict(c[k]) for k in passed})
     if passed:
         w.append(f"Unsloth's get_peft_model has no {', '.join(passed)} parameter; they are passed through its "
                  "**kwargs to peft.LoraConfig, outside Unsloth's optimized path")
@@ -258,7 +247,7 @@ def _unsloth(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     if c.get("model") or c.get("seq_len"):
         doc["from_pretrained"] = {k: v for k, v in (("model_name", c.get("model")), ("max_seq_length", c.get("seq_len"))) if v}
     doc["get_peft_model"] = kwargs
-    train = _hf_training(c, gc_key=None, seq_key=None)
+    train = _training(c, _HF_KEYS)
     if train:
         doc["training_args"] = train
     return doc
@@ -304,15 +293,18 @@ def _torchtune(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     model = {"lora_attn_modules": attn, "apply_lora_to_mlp": mlp_all, "apply_lora_to_output": output,
              "lora_rank": c["r"], "lora_alpha": alpha, "lora_dropout": c.get("lora_dropout", 0.0),
              "use_dora": c["use_dora"]}
-    doc: dict[str, Any] = {"model": model}
-    if c.get("learning_rate") is not None:
-        doc["optimizer"] = {"lr": c["learning_rate"]}
-    if c.get("micro_batch_size"):
-        doc["batch_size"] = c["micro_batch_size"]
-    if c.get("gradient_accumulation_steps"):
-        doc["gradient_accumulation_steps"] = c["gradient_accumulation_steps"]
-    if c.get("gradient_checkpointing") is not None:
-        doc["enable_activation_checkpointing"] = bool(c["gradient_checkpointing"])
+    doc: dict[str, Any] = {"model": model, "optimizer": _training(c, {"learning_rate": "lr", "weight_decay": "weight_decay"})}
+    doc.update(_training(c, {"micro_batch_size": "batch_size", "gradient_accumulation_steps": "gradient_accumulation_steps",
+                             "gradient_checkpointing": "enable_activation_checkpointing", "max_grad_norm": "clip_grad_norm",
+                             "epochs": "epochs"}))
+    if c.get("max_steps"):
+        doc.update(epochs=1, max_steps_per_epoch=c["max_steps"])
+    if c.get("schedule") == "cosine" and c.get("warmup_steps") is not None:
+        doc["lr_scheduler"] = {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+                               "num_warmup_steps": c["warmup_steps"]}
+    elif c.get("schedule"):
+        w.append(f"torchtune: lr_scheduler not written (set one for the {c['schedule']} schedule with warmup "
+                 f"{c.get('warmup_steps', c.get('warmup_ratio'))})")
     return doc
 
 
@@ -348,6 +340,10 @@ def export_config(config: dict[str, Any], format: str, out: str | Path | None = 
     c["lora_alpha"] = plain_number(c["lora_alpha"])
     if c.get("model"):
         c["model"] = hub_id(str(c["model"]))
+    if c.get("warmup_steps") is None and c.get("warmup_ratio") is not None and c.get("max_steps"):
+        c["warmup_steps"] = math.ceil(c["warmup_ratio"] * c["max_steps"])  # the engine's count: exact in every tool
+    if c.get("warmup_steps") is not None:
+        c.pop("warmup_ratio", None)
     warnings: list[str] = []
     doc = _BUILDERS[fmt](c, info, warnings)
     text = render(fmt, doc)
@@ -364,7 +360,8 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     per config ``name``, ``r``, ``lora_alpha``, ``use_rslora``, ``use_dora``, ``target_modules``,
     ``learning_rate`` and, if present, ``lora_dropout``, ``rank_pattern``, ``alpha_pattern``;
     ``variant`` ('lora' | 'rslora' | 'dora') stands in for use_rslora/use_dora when those are absent.
-    ``settings.model``, ``settings.max_len`` and ``settings.batch_size`` fill the training keys.
+    ``settings.model``, ``max_len``, ``batch_size``, ``steps`` (else ``epochs``) and the engine's optimizer
+    settings (``sweep_engine.TRAIN_DEFAULTS`` updated by ``settings.train``, as the sweep merges them) fill the training keys.
     """
     configs = results.get("configs")
     if not isinstance(configs, list) or not configs:
@@ -383,9 +380,15 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     cfg.setdefault("use_rslora", variant == "rslora")
     cfg.setdefault("use_dora", variant == "dora")
     settings = results.get("settings") or {}
-    for src, dst in (("model", "model"), ("max_len", "seq_len"), ("batch_size", "micro_batch_size")):
+    from .sweep_engine import TRAIN_DEFAULTS
+
+    for src, dst in (("model", "model"), ("max_len", "seq_len"), ("batch_size", "micro_batch_size"), ("steps", "max_steps")):
         if settings.get(src) is not None:
             cfg[dst] = settings[src]
+    if "max_steps" not in cfg and settings.get("epochs") is not None:
+        cfg["epochs"] = settings["epochs"]
+    cfg["gradient_accumulation_steps"] = 1  # the sweep's engine takes one optimizer step per batch
+    cfg.update({k: v for k, v in {**TRAIN_DEFAULTS, **(settings.get("train") or {})}.items() if k in TRAIN_KEYS})
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise LoradialError(f"config {want!r} in results.json lacks {', '.join(missing)}",

@@ -105,8 +105,7 @@ def model_name(sw: SweepData | None, an: AnalysisData | None, pl: PlanData | Non
 def sweep_section(sw: SweepData) -> dict[str, Any]:
     loss = loss_curve_figures(sw)
     single = [f for f in (eval_vs_rank_figure(sw), lr_fit_figure(sw)) if f]
-    configs = [{**c, "gap_et": c["final_eval_loss"] - c["final_train_loss"]
-                if c["final_eval_loss"] is not None and c["final_train_loss"] is not None else None} for c in sw.configs]
+    configs = [{**c, "gap": c["gap"] if c["gap"] is not None else _gap(c)} for c in sw.configs]
     configs = sorted(configs, key=lambda c: (c["best_eval_loss"] is None, c["best_eval_loss"] or 0,
                                                 c["final_train_loss"] is None, c["final_train_loss"] or 0))
     cols = [
@@ -114,7 +113,7 @@ def sweep_section(sw: SweepData) -> dict[str, Any]:
         ("variant", "variant", str), ("targets", "targets", str), ("lr", "learning_rate", fmt_lr), ("seed", "seed", str),
         ("trainable", "trainable_params", fmt_params), ("train loss", "final_train_loss", fmt_loss),
         ("best eval", "best_eval_loss", fmt_loss), ("final eval", "final_eval_loss", fmt_loss),
-        ("eval − train", "gap_et", lambda v: f"{v:+.3f}"), ("verdict", "verdict", str),
+        ("gap (train − eval)", "gap", lambda v: f"{v:+.3f}"), ("verdict", "verdict", str),
         ("tokens/s", "tokens_per_s", lambda v: fmt_num(v, 3)), ("peak memory", "peak_memory_bytes", fmt_bytes),
     ]
     varying = {k for k in ("seed", "targets") if len({x.get(k) for x in configs}) > 1}
@@ -123,7 +122,7 @@ def sweep_section(sw: SweepData) -> dict[str, Any]:
     if any(c.get("status") for c in configs) and not any(c[1] == "verdict" for c in cols):
         cols.append(("verdict", "verdict", str))
     numeric = {"r", "lora_alpha", "learning_rate", "seed", "trainable_params", "final_train_loss", "best_eval_loss",
-               "final_eval_loss", "gap_et", "tokens_per_s", "peak_memory_bytes"}
+               "final_eval_loss", "gap", "tokens_per_s", "peak_memory_bytes"}
     colors = rank_colors(_sweep_configs(sw))
     rows = []
     for c in configs:
@@ -151,6 +150,12 @@ def sweep_section(sw: SweepData) -> dict[str, Any]:
         "table": {"head": [c[0] for c in cols], "num": [c[1] in numeric for c in cols], "rows": rows} if rows else None,
         "settings": settings, "rank_legend": rank_legend if loss else [], "n_configs": max(len(sw.configs), n_curves),
     }
+
+
+def _gap(c: dict[str, Any]) -> float | None:
+    """results.json's gap: final train loss minus final eval loss (sweep_results.py)."""
+    t, e = c["final_train_loss"], c["final_eval_loss"]
+    return None if t is None or e is None else t - e
 
 
 def _median(vals: list[float | None]) -> float | None:
