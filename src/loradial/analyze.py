@@ -284,12 +284,22 @@ def recommend_ranks(
         "pattern_params": alloc.cost,
         "pattern_retained_energy": 1.0 if total == 0 else min(1.0, alloc.retained_energy / total),
         "pattern_energy_upper_bound": 1.0 if total == 0 else min(1.0, alloc.upper_bound / total),
+        # the recommended rank is not below any module's r: resizing to it would cut nothing
+        "already_at_rank": all(rank >= m.r for m in reports),
     }
     if config and "r" in config and "lora_alpha" in config:  # alpha keeping the trained scale s at the new rank
         rslora = bool(config.get("use_rslora", False))
         out["alpha"] = alpha_for_same_scale(config["lora_alpha"], config["r"], rank, rslora)
         out["use_rslora"] = rslora
     return out
+
+
+def already_at_rank_note(reports: list[ModuleReport], energy: float, coverage: float) -> str:
+    """The advice when the recommended rank is the adapter's own: nothing to resize."""
+    rs = sorted({m.r for m in reports})
+    r_text = f"rank {rs[0]}" if len(rs) == 1 else f"ranks up to {rs[-1]}"
+    return (f"the adapter already uses its {r_text} (below it, fewer than {coverage:.0%} of modules keep "
+            f"{energy:.0%} of their energy): keep it as it is; a resize to this rank would change nothing")
 
 
 def analyze(
@@ -363,6 +373,8 @@ def analyze(
     if ad.use_dora:
         notes.append("DoRA: the spectrum is that of the directional update s·B·A; the magnitude vector is not included")
     recommendation = recommend_ranks(reports, energy, coverage, budget, ad.config)
+    if recommendation["already_at_rank"]:
+        notes.append(already_at_rank_note(reports, energy, coverage))
     extra: dict[str, Any] = {}
     if data is not None:
         session = open_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)

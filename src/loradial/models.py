@@ -172,20 +172,38 @@ def load_config_dict(model: str, allow_hub: bool = True) -> tuple[dict[str, Any]
     return cfg, source
 
 
+#: seconds for the one Hub request that checks config.json is reachable (no retries)
+HUB_TIMEOUT = 10.0
+
+
 def _fetch_hub_config(repo_id: str) -> dict[str, Any]:
-    """Fetch only config.json from the Hub (never weights)."""
+    """Fetch only config.json from the Hub (never weights).
+
+    One metadata request with a ``HUB_TIMEOUT`` timeout first: offline, huggingface_hub's
+    ``hf_hub_download`` would retry with backoff for ~25 s (printing each retry) before failing. If
+    that request fails, a cached copy is used (as ``hf_hub_download`` would), else a one-line error."""
     try:
-        from huggingface_hub import hf_hub_download
+        import huggingface_hub as hub
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
         raise LoradialError("huggingface_hub is not installed", "pip install huggingface_hub") from None
     try:
-        local = hf_hub_download(repo_id, "config.json")
+        hub.get_hf_file_metadata(hub.hf_hub_url(repo_id, "config.json"), timeout=HUB_TIMEOUT)
+        local = hub.hf_hub_download(repo_id, "config.json", etag_timeout=HUB_TIMEOUT)
     except Exception as e:  # offline, gated, missing repo: all user-fixable
-        raise LoradialError(
-            f"could not fetch config.json of {repo_id!r} from the Hub ({type(e).__name__})",
-            "check the id and your network (HF_HUB_OFFLINE must be unset), or pass a local directory with config.json",
-        ) from None
+        cached = hub.try_to_load_from_cache(repo_id, "config.json")
+        if not isinstance(cached, str):
+            raise LoradialError(
+                f"could not fetch config.json of {repo_id!r} from the Hub ({type(e).__name__})",
+                "check the id and your network (HF_HUB_OFFLINE must be unset), or pass a local directory with config.json",
+            ) from None
+        local = cached
     return read_json(local, "model config")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """An exception's message on one line: strict-dataclass errors put the reason on the next line."""
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def to_pretrained_config(cfg: dict[str, Any], trust_remote_code: bool = False):
@@ -197,7 +215,7 @@ def to_pretrained_config(cfg: dict[str, Any], trust_remote_code: bool = False):
     try:
         return AutoConfig.for_model(model_type, **cfg)
     except Exception as e:  # ValueError/KeyError for unknown types, strict-dataclass errors for bad fields
-        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        msg = _one_line(str(e)) or type(e).__name__
         raise LoradialError(
             f"unknown or malformed model_type {model_type!r}: {msg}",
             "check config.json, or upgrade transformers if this architecture is newer than it",
@@ -229,7 +247,8 @@ def build_meta_model(cfg: dict[str, Any]):
         with torch.device("meta"):
             return cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
     except Exception as e:
-        raise LoradialError(f"could not build {cfg.get('model_type')} from its config: {e}", "check config.json") from None
+        raise LoradialError(f"could not build {cfg.get('model_type')} from its config: {_one_line(str(e))}",
+                            "check config.json") from None
 
 
 def _is_router(mod, name: str) -> bool:

@@ -50,6 +50,32 @@ class ResizeResult(Result):
     params_after: int
     approximate: bool
     notes: list[str]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    """E.g. modules left unchanged because the requested rank is not below their r."""
+
+
+def _unchanged_check(mods: list[LoraModule], ks: list[int], rank: int | None, energy: float | None,
+                     budget: int | None) -> list[str]:
+    """Refuse a resize that would cut nothing (every k ≥ its module's r); warn when --rank leaves some
+    modules as they are (a rank_pattern may mix ranks)."""
+    same = [m for m, k in zip(mods, ks) if k >= m.r]
+    if not same:
+        return []
+    rs = sorted({m.r for m in mods})
+    r_text = f"rank {rs[0]}" if len(rs) == 1 else f"ranks {rs[0]}–{rs[-1]}"
+    if len(same) == len(mods):
+        if rank is not None:
+            msg, hint = f"--rank {rank} is not below the adapter's {r_text}", f"the adapter is already {r_text}; pick --rank below {rs[-1]}"
+        elif energy is not None:
+            msg, hint = f"keeping {energy * 100:g}% of each module's energy needs its full rank (the adapter's {r_text})", "lower --energy"
+        else:
+            msg = f"--budget {budget:,} covers the whole adapter ({sum(m.n_params for m in mods):,} parameters, {r_text})"
+            hint = "give a smaller --budget"
+        raise LoradialError(f"nothing to resize: {msg}", hint)
+    if rank is None:
+        return []
+    return [f"{len(same)} of {len(mods)} modules already have rank ≤ {rank} and are copied unchanged "
+            f"(e.g. {same[0].name}, r={same[0].r})"]
 
 
 def truncate_module(m: LoraModule, k: int, use_rslora: bool, svd: Any = None) -> LoraModule:
@@ -105,6 +131,7 @@ def resize(
     mods = list(ad.modules.values())
     spectra = [factored_svd(m.A, m.B, m.scale) for m in mods]
     ks = choose_ranks(spectra, mods, rank, energy, budget)
+    warnings = _unchanged_check(mods, ks, rank, energy, budget)
     new = {m.name: truncate_module(m, k, ad.use_rslora) for m, k in zip(mods, ks)}
     result_ad = replace_modules(ad, new)
     save_adapter(result_ad, out, overwrite=overwrite)
@@ -132,7 +159,7 @@ def resize(
     mode = "rank" if rank is not None else ("energy" if energy is not None else "budget")
     return ResizeResult(str(out), mode, {m.name: k for m, k in zip(mods, ks)},
                         1.0 if total_all == 0 else min(1.0, kept_all / total_all), per_type_out,
-                        ad.n_params, result_ad.n_params, ad.use_dora, notes)
+                        ad.n_params, result_ad.n_params, ad.use_dora, notes, warnings)
 
 
 # --- rescale -----------------------------------------------------------------------------------
@@ -168,7 +195,8 @@ def rescale(
         if v is not None and not (math.isfinite(v) and v > 0):
             raise LoradialError(f"{what} must be a positive number, got {v}", "e.g. 0.5")
     if to is not None and to not in ("lora", "rslora"):
-        raise LoradialError(f"--to must be 'lora' or 'rslora', got {to!r}")
+        raise LoradialError(f"--to must be 'lora' or 'rslora', got {to!r}",
+                            "--to rslora switches to alpha/√r scaling, --to lora to alpha/r (outputs identical)")
     ad = _load(adapter, allow_pickle)
     if ad.use_dora and to is None and not force:
         raise LoradialError(

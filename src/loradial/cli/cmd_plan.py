@@ -6,9 +6,11 @@ from typing import Any, List, Optional
 
 import typer
 
+from ..errors import LoradialError
 from .common import JSON_OPTION, app, console, run, split_list
 
 GiB, MB = 1024**3, 1e6
+PATTERN_HINT = "e.g. --rank-pattern q_proj=4,v_proj=8 or '{\"q_proj\": 4}': regex keys, positive values (whole ranks)"
 
 
 def _num(n: float) -> str:
@@ -122,11 +124,16 @@ def plan_cmd(
     def call():
         from ..plan import DEFAULT_TARGETS, plan
 
-        return plan(
-            model, split_list(rank, int, "rank"), targets or list(DEFAULT_TARGETS), alpha=alpha, use_dora=dora,
-            use_rslora=rslora, lora_bias=lora_bias, layers=layers, layers_pattern=layers_pattern, exclude=exclude,
-            rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, batch_size=batch_size, seq_len=seq_len,
-            dtype=dtype, quant=quant, gradient_checkpointing=gradient_checkpointing, attn_implementation=attn,
-        )
+        try:
+            return plan(
+                model, split_list(rank, int, "rank"), targets or list(DEFAULT_TARGETS), alpha=alpha, use_dora=dora,
+                use_rslora=rslora, lora_bias=lora_bias, layers=layers, layers_pattern=layers_pattern, exclude=exclude,
+                rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, batch_size=batch_size, seq_len=seq_len,
+                dtype=dtype, quant=quant, gradient_checkpointing=gradient_checkpointing, attn_implementation=attn,
+            )
+        except LoradialError as err:  # the pattern parsers name the bad entry; say what a good one is
+            if err.hint is None and err.message.startswith(("rank_pattern", "alpha_pattern", "pattern key")):
+                err.hint = PATTERN_HINT
+            raise
 
     run(call, as_json, _render)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run
+from .common import JSON_OPTION, app, console, run, short_types
 
 
 @app.command("resize")
@@ -33,14 +33,20 @@ def resize_cmd(
         t = Table(title=f"resized ({res.mode}) → {res.out}")
         for c in ("module type", "ranks", "retained energy", "params before", "params after"):
             t.add_column(c, justify="left" if c == "module type" else "right")
+        short = short_types(list(res.per_type))
         for name, g in res.per_type.items():
             ranks = str(g["min_rank"]) if g["min_rank"] == g["max_rank"] else f"{g['min_rank']}–{g['max_rank']}"
-            t.add_row(name, ranks, f"{g['retained_energy']:.2%}", f"{g['params_before']:,}", f"{g['params_after']:,}")
+            t.add_row(short[name], ranks, f"{g['retained_energy']:.2%}", f"{g['params_before']:,}", f"{g['params_after']:,}")
         console.print(t)
         console.print(f"overall: {res.retained_energy:.2%} of ΔW energy kept, {res.params_before:,} → {res.params_after:,} "
                       f"parameters" + (" [yellow](approximate: DoRA)[/]" if res.approximate else ""))
+        for w in res.warnings:
+            console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
         for n in res.notes:
             console.print(f"[dim]note: {n}[/]")
 
-    run(lambda: surgery.resize(adapter, out, rank=rank, energy=energy, budget=budget, overwrite=overwrite,
-                               allow_pickle=allow_pickle), as_json, render)
+    res = run(lambda: surgery.resize(adapter, out, rank=rank, energy=energy, budget=budget, overwrite=overwrite,
+                                     allow_pickle=allow_pickle), as_json, render)
+    if as_json:  # the human render printed them already
+        for w in res.warnings:
+            console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
