@@ -254,3 +254,12 @@ def test_export_omits_settings_the_source_lacks():
                 "max_grad_norm", "weight_decay"} & set(doc)
     epochs = export_config(dict(CONFIGS["rslora_dora"], epochs=2.0, warmup_ratio=0.05), "axolotl").document
     assert (epochs["num_epochs"], epochs["warmup_ratio"]) == (2.0, 0.05) and "max_steps" not in epochs
+
+
+def test_export_sweep_carries_grad_accum_checkpointing_and_dropout(tmp_path):
+    d = _sweep(tmp_path, settings={"grad_accum": 4, "gradient_checkpointing": True, "dropout": 0.05})
+    doc = export_sweep(d, "axolotl", out=tmp_path / "lora.yaml").document
+    assert (doc["micro_batch_size"], doc["gradient_accumulation_steps"], doc["gradient_checkpointing"]) == (4, 4, True)
+    assert doc["lora_dropout"] == 0.05
+    trl = export_sweep(d, "trl", out=tmp_path / "trl.yaml").document
+    assert (trl["per_device_train_batch_size"], trl["gradient_accumulation_steps"], trl["lora_dropout"]) == (4, 4, 0.05)

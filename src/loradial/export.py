@@ -360,7 +360,8 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     per config ``name``, ``r``, ``lora_alpha``, ``use_rslora``, ``use_dora``, ``target_modules``,
     ``learning_rate`` and, if present, ``lora_dropout``, ``rank_pattern``, ``alpha_pattern``;
     ``variant`` ('lora' | 'rslora' | 'dora') stands in for use_rslora/use_dora when those are absent.
-    ``settings.model``, ``max_len``, ``batch_size``, ``steps`` (else ``epochs``) and the engine's optimizer
+    ``settings.model``, ``max_len``, ``batch_size``, ``steps`` (else ``epochs``), ``grad_accum``,
+    ``gradient_checkpointing``, ``dropout`` and the engine's optimizer
     settings (``sweep_engine.TRAIN_DEFAULTS`` updated by ``settings.train``, as the sweep merges them) fill the training keys.
     """
     configs = results.get("configs")
@@ -387,7 +388,11 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
             cfg[dst] = settings[src]
     if "max_steps" not in cfg and settings.get("epochs") is not None:
         cfg["epochs"] = settings["epochs"]
-    cfg["gradient_accumulation_steps"] = 1  # the sweep's engine takes one optimizer step per batch
+    cfg["gradient_accumulation_steps"] = int(settings.get("grad_accum") or 1)  # sweep --grad-accum (default 1)
+    if settings.get("gradient_checkpointing"):
+        cfg["gradient_checkpointing"] = True
+    if settings.get("dropout") and "lora_dropout" not in cfg:  # sweep --dropout: every config's lora_dropout
+        cfg["lora_dropout"] = float(settings["dropout"])
     cfg.update({k: v for k, v in {**TRAIN_DEFAULTS, **(settings.get("train") or {})}.items() if k in TRAIN_KEYS})
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:

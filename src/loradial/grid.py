@@ -73,9 +73,9 @@ def _positive(value: Any, what: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise LoradialError(f"invalid {what} {value!r}", f"a {what} is a positive number") from None
+        raise LoradialError(f"invalid {what} {value!r}", f"{what}: give a positive number") from None
     if not (v > 0 and math.isfinite(v)):
-        raise LoradialError(f"{what} must be positive, got {value!r}", f"a {what} is a positive number")
+        raise LoradialError(f"{what} must be positive, got {value!r}", f"{what}: give a positive number")
     return v
 
 

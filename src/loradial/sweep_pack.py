@@ -51,7 +51,9 @@ def pack_bytes(costs: Sequence[ConfigCost]) -> int:
 
 
 def fmt_bytes(n: float) -> str:
-    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 1024**2:.1f} MiB"
+    if n >= GiB / 10:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / 1024**2:.1f} MiB" if n >= 1024**2 / 10 else f"{int(n):,} bytes"
 
 
 def make_packs(

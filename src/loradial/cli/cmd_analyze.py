@@ -8,17 +8,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run, split_list
+from .common import JSON_OPTION, app, console, run, short_types, split_list
 
 
 def _f(x, fmt="{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
-
-
-def _short_types(names: list[str]) -> dict[str, str]:
-    """'model.layers.*.self_attn.q_proj' -> 'self_attn.q_proj' when that stays unique."""
-    short = {n: n.rsplit("*.", 1)[-1] for n in names}
-    return short if len(set(short.values())) == len(names) else {n: n for n in names}
 
 
 @app.command("analyze")
@@ -55,7 +49,7 @@ def analyze_cmd(
         console.print(f"[bold]{res.adapter}[/]: {kind}, {res.n_modules} modules, {res.n_params:,} parameters")
         has_rel = res.base is not None
         t = Table(title="per module type (means)")
-        short = _short_types(list(res.summary["per_type"]))
+        short = short_types(list(res.summary["per_type"]))
         cols = ["type", "n", "r", "E90", "E95", "E99", "stable", "eff", "util", "‖ΔW‖_F"]
         cols += ["‖ΔW‖/‖W‖", "σ/σ_W"] if has_rel else []
         width = max(len(v) for v in short.values())
@@ -92,8 +86,9 @@ def analyze_cmd(
             f"parameters (budget {rec['budget']:,}; no allocation keeps more than {rec['pattern_energy_upper_bound']:.1%}); "
             "see --json for the pattern"
         )
-        console.print(f"resize with: loradial resize {res.adapter} --rank {rec['rank']} --out DIR  "
-                      f"(or --budget {rec['budget']})")
+        if not rec.get("already_at_rank"):
+            console.print(f"resize with: loradial resize {res.adapter} --rank {rec['rank']} --out DIR  "
+                          f"(or --budget {rec['budget']})")
         if res.truncation_curve is not None:
             _render_truncation(res)
         for n in res.notes:
