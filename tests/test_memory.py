@@ -244,3 +244,17 @@ def test_dropout_adds_its_mask_per_linear_module(llama8b):
 def test_dropout_out_of_range_or_with_dora_is_refused(qwen, kw):
     with pytest.raises(LoradialError):
         estimate_training_memory(qwen, targeted(qwen, "all-linear"), **kw)
+
+
+@pytest.mark.parametrize("attn,dropout,shared", [("sdpa", 0.0, "3h+q"), ("eager", 0.0, "3h"), ("sdpa", 0.1, "0")])
+def test_quantized_base_shares_lora_inputs(llama8b, attn, dropout, shared):
+    """bitsandbytes layers skip PEFT's fp32 cast: q/k/v (and gate/up) save one input between them and
+    o_proj's input is SDPA's output (measured on an H200: benchmarks/memory/RESULTS.md)."""
+    pairs = targeted(llama8b, "all-linear", r=16)
+    B, T, c = 2, 128, 2
+    kw = dict(batch_size=B, seq_len=T, attn_implementation=attn, lora_dropout=dropout)
+    plain = saved_activations(llama8b, pairs, **kw).total
+    quant = saved_activations(llama8b, pairs, quant="4bit", **kw).total
+    h = q = 4096
+    per_layer = {"3h+q": 3 * h + q, "3h": 3 * h, "0": 0}[shared]
+    assert plain - quant == 32 * c * B * T * per_layer

@@ -58,6 +58,11 @@ CONFIGS = [
     ("llama-3.2-1b", "all-linear", 32, SMALL, False, "sdpa", {"use_dora": True}),
     ("llama-3.2-1b", "all-linear", 32, SMALL, True, "sdpa", {"use_dora": True}),
     ("llama-3.1-8b", QV, 16, LARGE, True, "sdpa", {"use_dora": True}),
+    # a 4-bit NF4 base (bitsandbytes, double quantization, bf16 compute), plain loop (no kbit preparation)
+    ("qwen2.5-0.5b", QV, 8, SMALL, False, "sdpa", {"quant": "4bit"}),
+    ("llama-3.2-1b", "all-linear", 32, SMALL, True, "sdpa", {"quant": "4bit"}),
+    ("llama-3.2-1b", "all-linear", 64, LARGE, False, "sdpa", {"quant": "4bit"}),
+    ("llama-3.2-3b", "all-linear", 16, LARGE, True, "sdpa", {"quant": "4bit"}),
 ]
 
 TINY = {
@@ -94,8 +99,12 @@ def one_step_peak(info: ModelInfo, targets, rank: int, batch: int, seq_len: int,
 
     config = to_pretrained_config(info.config)
     config.use_cache = False
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
+    opts = dict(opts)
+    if opts.pop("quant", "none") == "4bit":
+        model = _load_4bit(config, attn)
+    else:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
     if ckpt:
         model.gradient_checkpointing_enable()  # transformers 5: use_reentrant=False
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, task_type="CAUSAL_LM",
@@ -126,6 +135,22 @@ def one_step_peak(info: ModelInfo, targets, rank: int, batch: int, seq_len: int,
     return peak, base
 
 
+def _load_4bit(config, attn: str):
+    """The model with random bf16 weights, saved and reloaded as a bitsandbytes NF4 base on cuda:0."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        del model
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+        return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=bnb, dtype=torch.bfloat16,
+                                                    device_map={"": 0}, attn_implementation=attn)
+
+
 def estimate(info: ModelInfo, targets, rank: int, batch: int, seq_len: int, ckpt: bool, attn: str, opts: dict):
     spec = LoraSpec(r=rank, lora_alpha=rank, target_modules=targets)
     targeted = [(m, spec.rank_for(m.name)) for m in matched_modules(spec, info)]
@@ -153,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = rest[0] if rest else {}
         tname = "q,v" if targets == QV else targets
         label = f"{name} {tname} r={rank} b={batch}x{seq_len} {'ckpt' if ckpt else 'no-ckpt'} {attn}"
-        label += "".join(f" +{'dora' if k == 'use_dora' else f'dropout {v:g}'}" for k, v in opts.items())
+        label += "".join(f" +{'dora' if k == 'use_dora' else v if k == 'quant' else f'dropout {v:g}'}"
+                         for k, v in opts.items())
         if args.only and args.only not in label:
             continue
         info = model_info(name)

@@ -45,7 +45,11 @@ output and its bf16 cast): 4·K·B·n_h·T² + c·K·B·n_h·T², plus one c·K�
 DoRA adds 2·c·M·d_out per module (base and LoRA outputs, for the magnitude's gradient).
 ``lora_dropout`` > 0 adds dropout's mask, M·d_in bytes per linear LoRA module (CUDA's ``native_dropout``
 saves a bool mask; the dropped fp32 input itself is not saved). DoRA with dropout leaves PEFT's fast
-path (the base output is recomputed from the dropped input) and is not modelled. Layers before
+path (the base output is recomputed from the dropped input) and is not modelled. Over a bitsandbytes
+base (``quant``) PEFT's LoRA layers do not cast x to fp32 under autocast, so lora_A saves x itself:
+modules reading the same input share one copy (q/k/v; gate/up), and o_proj's input is SDPA's saved
+output (with flash / memory-efficient SDPA; not with eager) — unless dropout makes a copy per module.
+Layers before
 the first targeted one save nothing (nothing there needs a gradient). With an fp32 base under bf16
 autocast every frozen linear past that point also saves a bf16 copy of its weight (2 bytes/param).
 
@@ -287,13 +291,30 @@ def layer_saved(s: Shape, Bt: int, T: int, attn: str, stage: int = 0, c: int = 2
     return total
 
 
-def lora_saved(m: ModuleInfo, r: int, M: int, use_dora: bool = False, c: int = 2, dropout: bool = False) -> int:
-    """One LoRA module: the c-byte copy of its input for lora_A + A·x for lora_B (c·M·(d_in + r));
-    DoRA: + base and LoRA outputs (2·c·M·d_out); dropout: + its bool mask (M·d_in); an embedding:
-    int64 ids + A·x (8·M + c·M·r)."""
+def lora_saved(m: ModuleInfo, r: int, M: int, use_dora: bool = False, c: int = 2, dropout: bool = False,
+               input_copy: bool = True) -> int:
+    """One LoRA module: the c-byte copy of its input for lora_A (unless ``input_copy`` is False: another
+    saved tensor is that input) + A·x for lora_B (c·M·(d_in + r)); DoRA: + base and LoRA outputs
+    (2·c·M·d_out); dropout: + its bool mask (M·d_in); an embedding: int64 ids + A·x (8·M + c·M·r)."""
     if m.kind == "embedding":
         return 8 * M + c * M * r
-    return c * M * (m.d_in + r) + (2 * c * M * m.d_out if use_dora else 0) + (M * m.d_in if dropout else 0)
+    return (c * M * ((m.d_in if input_copy else 0) + r) + (2 * c * M * m.d_out if use_dora else 0)
+            + (M * m.d_in if dropout else 0))
+
+
+def shares_input(m: ModuleInfo, seen: set, attn: str) -> bool:
+    """Over a quantized base (no fp32 cast, see the module docstring): is lora_A's saved input already
+    saved — by an earlier module of the same layer reading the same tensor, or by SDPA (o_proj)?"""
+    stage, li = module_stage(m), layer_index(m.name)
+    if m.kind == "embedding" or li is None or stage == 4:
+        return False
+    if stage == 2:
+        return attn != "eager"
+    key = (li, stage)
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
 
 
 def logits_bytes(M: int, vocab: int) -> int:
@@ -365,7 +386,7 @@ class SavedActivations:
 def saved_activations(info: ModelInfo, targeted: list[tuple[ModuleInfo, int]], *, use_dora: bool = False,
                       batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16",
                       attn_implementation: str = "sdpa", n_adapters: int = 1, c: int = 2,
-                      lora_dropout: float = 0.0) -> SavedActivations:
+                      lora_dropout: float = 0.0, quant: str = "none") -> SavedActivations:
     """Everything the forward saves for backward (no checkpointing, logits/loss excluded).
 
     Gradients start at the first targeted layer (at its first LoRA module's stage); layers before it
@@ -382,9 +403,13 @@ def saved_activations(info: ModelInfo, targeted: list[tuple[ModuleInfo, int]], *
     base = [0 if i < first else layer_saved(s, Bt, T, attn_implementation, first_stage if i == first else 0, c)
             for i in range(L)]
     out = SavedActivations(base, [0] * L, [0] * L, [0] * L)
+    seen: set = set()
+    share = quant != "none" and lora_dropout == 0
     for m, r in targeted:
         li = layer_index(m.name)
-        saved, cache = lora_saved(m, r, M, use_dora, c, lora_dropout > 0), c * K * r * (m.d_in + m.d_out)
+        copy = not (share and shares_input(m, seen, attn_implementation))
+        saved = lora_saved(m, r, M, use_dora, c, lora_dropout > 0, input_copy=copy)
+        cache = c * K * r * (m.d_in + m.d_out)
         if li is not None and li < L and m.kind != "embedding":
             out.lora_layer[li] += saved
             out.cache_layer[li] += cache
@@ -431,7 +456,7 @@ def estimate_training_memory(info: ModelInfo, targeted: list[tuple[ModuleInfo, i
     grads = 4 * K * P
     a = saved_activations(info, targeted, use_dora=use_dora, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
                           attn_implementation=attn_implementation, n_adapters=n_adapters, c=c,
-                          lora_dropout=lora_dropout)
+                          lora_dropout=lora_dropout, quant=quant)
     logits = logits_bytes(M, s.vocab)
     transient = backward_transient(s, targeted, K * batch_size, T, attn_implementation, quant, use_dora, info, c)
 
