@@ -30,7 +30,7 @@ import numpy as np
 
 from .adapter import Adapter, LoraModule, exact_pattern_key, load_adapter
 from .errors import LoradialError
-from .evaluate import check_scales, open_session
+from .evaluate import check_scales, open_eval_session
 from .models import type_key
 from .result import Result
 from .spectrum import allocate_ranks, energy_fraction, energy_rank, factored_svd, spectrum_metrics
@@ -377,7 +377,7 @@ def analyze(
         notes.append(already_at_rank_note(reports, energy, coverage))
     extra: dict[str, Any] = {}
     if data is not None:
-        session = open_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
+        session = open_eval_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
         out = tr.truncation_curve(ad, session, ranks, retain, scales, progress)
         notes.extend(out.notes)
         extra = dict(

@@ -290,7 +290,7 @@ class EvalSession:
         return eval_loss(self.model, _batches(self.examples, self.pad_id, self.batch_size))
 
 
-def open_session(model: str | Path, data: str | Path, max_len: int = 512, batch_size: int = 8,
+def open_eval_session(model: str | Path, data: str | Path, max_len: int = 512, batch_size: int = 8,
                  max_examples: int | None = None, device: str | None = None, trust_remote_code: bool = False) -> EvalSession:
     """Tokenizer, examples and the base model from ``model`` (one ``from_pretrained``)."""
     from transformers import AutoTokenizer
@@ -356,7 +356,7 @@ def alpha_sweep(
     """
     scales = check_scales(scales)
     ad = load_adapter(adapter, allow_pickle=allow_pickle)
-    session = open_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
+    session = open_eval_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
     notes = [DORA_SCALE_NOTE] if ad.use_dora else []
     with AdapterHooks(session.model, ad) as hooks:
         losses, accs, n_tok = scale_curve(session, hooks, scales)
