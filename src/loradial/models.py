@@ -216,10 +216,10 @@ def to_pretrained_config(cfg: dict[str, Any], trust_remote_code: bool = False):
         return AutoConfig.for_model(model_type, **cfg)
     except Exception as e:  # ValueError/KeyError for unknown types, strict-dataclass errors for bad fields
         msg = _one_line(str(e)) or type(e).__name__
-        raise LoradialError(
-            f"unknown or malformed model_type {model_type!r}: {msg}",
-            "check config.json, or upgrade transformers if this architecture is newer than it",
-        ) from None
+        hint = ("this model ships its own code (auto_map in config.json): pass --trust-remote-code if you trust it"
+                if cfg.get("auto_map") else
+                "check config.json, or upgrade transformers if this architecture is newer than it")
+        raise LoradialError(f"unknown or malformed model_type {model_type!r}: {msg}", hint) from None
 
 
 def _model_class(config) -> Any:
@@ -237,10 +237,14 @@ def _model_class(config) -> Any:
     raise LoradialError(f"transformers has no model class for model_type {config.model_type!r}", "upgrade transformers")
 
 
-def build_meta_model(cfg: dict[str, Any]):
-    """Instantiate the model on the meta device: shapes only, no memory, no weights read."""
+def build_meta_model(cfg: dict[str, Any], remote_code_from: str | None = None):
+    """Instantiate the model on the meta device: shapes only, no memory, no weights read. With
+    ``remote_code_from`` (a model directory or Hub id whose config.json has an ``auto_map``), the
+    repository's own configuration and model classes are used (``trust_remote_code=True``)."""
     import torch
 
+    if remote_code_from is not None:
+        return _remote_code_meta_model(remote_code_from)
     config = to_pretrained_config(cfg)
     cls = _model_class(config)
     try:
@@ -249,6 +253,19 @@ def build_meta_model(cfg: dict[str, Any]):
     except Exception as e:
         raise LoradialError(f"could not build {cfg.get('model_type')} from its config: {_one_line(str(e))}",
                             "check config.json") from None
+
+
+def _remote_code_meta_model(model: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=True)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+    except Exception as e:
+        raise LoradialError(f"could not build {model!r} from its own code: {_one_line(str(e))}",
+                            "check the repository's configuration_*.py / modeling_*.py") from None
 
 
 def _is_router(mod, name: str) -> bool:
@@ -290,9 +307,10 @@ def _other_modules(model, modules: list[ModuleInfo]) -> list[str]:
     return [n for n, _ in model.named_modules() if n and n not in wrappable]
 
 
-def meta_model_info(name: str, source: str, cfg: dict[str, Any]) -> ModelInfo:
-    """ModelInfo from a meta-device build (any architecture transformers knows; imports torch)."""
-    meta = build_meta_model(cfg)
+def meta_model_info(name: str, source: str, cfg: dict[str, Any], trust_remote_code: bool = False) -> ModelInfo:
+    """ModelInfo from a meta-device build (any architecture transformers knows, or with
+    ``trust_remote_code`` the model's own code when its config has an ``auto_map``; imports torch)."""
+    meta = build_meta_model(cfg, name if trust_remote_code and cfg.get("auto_map") else None)
     modules = list_modules(meta)
     total = sum(p.numel() for p in meta.parameters())
     tied = bool(getattr(meta.config, "tie_word_embeddings", False))
@@ -301,24 +319,27 @@ def meta_model_info(name: str, source: str, cfg: dict[str, Any]) -> ModelInfo:
                      defaults)
 
 
-def inspect_model(model: str, fast: bool = True) -> ModelInfo:
-    """Resolve ``model`` (local dir, bundled name, Hub id) and list its targetable modules."""
+def inspect_model(model: str, fast: bool = True, trust_remote_code: bool = False) -> ModelInfo:
+    """Resolve ``model`` (local dir, bundled name, Hub id) and list its targetable modules.
+    ``trust_remote_code``: a model that ships its own code (``auto_map``) is built from that code."""
     cfg, source = load_config_dict(model)
-    return model_info_from_config(cfg, model, source, fast)
+    return model_info_from_config(cfg, model, source, fast, trust_remote_code)
 
 
-def model_info_from_config(cfg: dict[str, Any], name: str = "config", source: str = "local", fast: bool = True) -> ModelInfo:
+def model_info_from_config(cfg: dict[str, Any], name: str = "config", source: str = "local", fast: bool = True,
+                           trust_remote_code: bool = False) -> ModelInfo:
     """ModelInfo of a config dict. With ``fast`` (the default) the bundled families are computed
     analytically by ``shapes.model_info`` (no torch import, milliseconds); anything else, or
-    ``fast=False``, is built on the meta device."""
+    ``fast=False``, is built on the meta device (from the model's own code if it has an ``auto_map``
+    and ``trust_remote_code`` is set)."""
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
         raise LoradialError(f"config of {name!r} has no model_type", "a Hugging Face config.json names its model_type")
     info = None
-    if fast:
+    if fast and not (trust_remote_code and cfg.get("auto_map")):
         from .shapes import model_info
 
         info = model_info(name, source, cfg)
-    return info if info is not None else meta_model_info(name, source, cfg)
+    return info if info is not None else meta_model_info(name, source, cfg, trust_remote_code)
 
 
 # --- target sets live in targets.py; these names stay importable from here ----------------------

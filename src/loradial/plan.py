@@ -222,6 +222,7 @@ def plan(
     quant: str = "none",
     gradient_checkpointing: bool = False,
     attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
 ) -> PlanResult:
     """Exact LoRA cost for every (target set x rank) on ``model``: one row each.
 
@@ -229,7 +230,8 @@ def plan(
     'mlp', 're:<regex>'). ``alpha`` None means alpha = r (scaling 1 for LoRA). ``exclude``: a name list
     (or 're:<regex>'), PEFT ``exclude_modules``. ``layers``: PEFT ``layers_to_transform``; with it,
     presets and 'all-linear' are expanded to name lists, as PEFT requires.
-    Memory flags describe one training step (see loradial.memory).
+    Memory flags describe one training step (see loradial.memory). ``trust_remote_code``: a model
+    that ships its own code (``auto_map``) is built from it on the meta device.
     """
     ranks = _check_ranks(ranks)
     target_sets = [targets] if isinstance(targets, str) else list(targets)
@@ -241,7 +243,7 @@ def plan(
     layer_list = parse_layers(layers)
     r_pattern, a_pattern = parse_pattern(rank_pattern, int, "rank_pattern"), parse_pattern(alpha_pattern, float, "alpha_pattern")
     exclude_modules = parse_exclude(exclude)
-    info = model if isinstance(model, ModelInfo) else inspect_model(model)
+    info = model if isinstance(model, ModelInfo) else inspect_model(model, trust_remote_code=trust_remote_code)
     check_layers(layer_list, info)
     estimate = _memory_model()
     mem_kw = dict(use_dora=use_dora, batch_size=batch_size, seq_len=seq_len, dtype=mem_dtype, quant=quant,

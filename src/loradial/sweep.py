@@ -81,6 +81,7 @@ def sweep(
     load_in_4bit: bool = False,
     ray: str | None = None,
     ray_workers: int | None = None,
+    trust_remote_code: bool = False,
     resume: bool = False,
     progress: bool = False,
 ) -> SweepResult:
@@ -94,6 +95,9 @@ def sweep(
     ``ray`` runs the packs on a Ray cluster instead of local devices ('auto': the running cluster,
     'local': a private one here, or an address), one worker per GPU (``ray_workers`` of them; see
     ``loradial.sweep_ray``).
+
+    ``trust_remote_code`` lets a model that ships its own code (``auto_map``) run it (kept in sweep.yaml,
+    so workers and ``--resume`` use it too).
 
     ``resume=True`` continues the sweep in ``out`` with the settings of its sweep.yaml (only
     ``devices`` / ``ray`` may change); finished configs are never retrained.
@@ -118,6 +122,7 @@ def sweep(
             devices=devices, pack_size=pack_size, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
             gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum, dropout=dropout, packing=packing,
             load_in_4bit=load_in_4bit, ray=ray, ray_workers=ray_workers,
+            trust_remote_code=trust_remote_code,
         )
         create_sweep_dir(sd, sweep_setup.settings_yaml(settings), sweep_runner.initial_state(settings))
         sd.lock()

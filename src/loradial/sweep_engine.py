@@ -59,7 +59,8 @@ class SegmentEnv:
             from .engine.session import load_model
 
             release()  # one base per process
-            _MODELS[key] = load_model(settings["model"], dtype=settings["dtype"], load_in_4bit=four_bit, device=device)[0]
+            _MODELS[key] = load_model(settings["model"], dtype=settings["dtype"], load_in_4bit=four_bit, device=device,
+                                      trust_remote_code=bool(train_setting(settings, "trust_remote_code")))[0]
         tok = ctx.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         return cls(settings, _MODELS[key], ctx.train, ctx.eval, pad, device)

@@ -21,7 +21,7 @@ SETTINGS_VERSION = 1
 #: Training settings shared by every config, as ``loradial train`` names them; a sweep.yaml written
 #: before they existed resumes with these defaults.
 TRAIN_SETTINGS = {"gradient_checkpointing": False, "grad_accum": 1, "dropout": 0.0, "packing": False,
-                  "load_in_4bit": False}
+                  "load_in_4bit": False, "trust_remote_code": False}
 
 
 def train_setting(settings: dict[str, Any], key: str) -> Any:
@@ -157,11 +157,11 @@ def _model_dir(model: str | None) -> Path:
     return path.resolve()
 
 
-def _load_tokenizer(path: Path):
+def _load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except Exception as e:  # missing or broken tokenizer files are the user's to fix
         raise LoradialError(f"could not load the tokenizer of {path}: {str(e).splitlines()[0][:160]}",
                             "the model directory needs its tokenizer files") from None
@@ -206,7 +206,8 @@ def _data(settings: dict[str, Any], tokenizer) -> tuple[list, list]:
 def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, grid, steps, epochs,
             batch_size, max_len, eval_data, eval_fraction, eval_every, halving, halving_at, gpu_memory, devices,
             pack_size, dtype, seed, checkpoint_every, gradient_checkpointing=False, grad_accum=1, dropout=0.0,
-            packing=False, load_in_4bit=False, ray=None, ray_workers=None) -> tuple[dict[str, Any], Context]:
+            packing=False, load_in_4bit=False, ray=None, ray_workers=None,
+            trust_remote_code=False) -> tuple[dict[str, Any], Context]:
     """Validate everything and return (settings for sweep.yaml, in-memory context)."""
     from .halving import parse_fractions, rung_boundaries
     from .models import inspect_model, resolve_targets
@@ -238,8 +239,9 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
             raise LoradialError("--load-in-4bit needs a 16-bit --dtype", "use --dtype auto or bf16 (the 4-bit base computes in bf16)")
     if gradient_checkpointing:
         check_gradient_checkpointing(model_dir)
-    info = inspect_model(str(model_dir))
-    tokenizer = _load_tokenizer(model_dir)
+    remote = bool(trust_remote_code)
+    info = inspect_model(str(model_dir), trust_remote_code=remote)
+    tokenizer = _load_tokenizer(model_dir, remote)
     settings: dict[str, Any] = {
         "loradial_sweep": SETTINGS_VERSION,
         "model": str(model_dir),
@@ -249,6 +251,7 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
         "dtype": compute_dtype(dtype, ray_kind(devices[0])), "grid": {k: v for k, v in values.items()},
         "gradient_checkpointing": bool(gradient_checkpointing), "grad_accum": int(grad_accum),
         "dropout": float(dropout), "packing": bool(packing), "load_in_4bit": bool(load_in_4bit),
+        "trust_remote_code": remote,
     }
     train, ev = _data(settings, tokenizer)
     per_step = batch_size * grad_accum  # sequences per optimizer step
@@ -327,8 +330,9 @@ def load_context(settings: dict[str, Any], devices: Sequence[str] | None, ray: s
     if train_setting(settings, "load_in_4bit"):
         check_4bit(devices)
     model_dir = _model_dir(settings["model"])
-    info = inspect_model(str(model_dir))
-    tokenizer = _load_tokenizer(model_dir)
+    remote = bool(train_setting(settings, "trust_remote_code"))
+    info = inspect_model(str(model_dir), trust_remote_code=remote)
+    tokenizer = _load_tokenizer(model_dir, remote)
     train, ev = _data(settings, tokenizer)
     targeted = {e["name"]: _targeted(e, info) for e in settings["configs"]}
     return Context(info, tokenizer, train, ev, targeted, devices)

@@ -114,6 +114,7 @@ def plan_cmd(
     quant: str = typer.Option("none", "--quant", help="Base quantization: none, 8bit or 4bit (bitsandbytes NF4)."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in the backward pass."),
     attn: str = typer.Option("sdpa", "--attn", help="Attention implementation: sdpa, eager or flash_attention_2."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Build a model that ships its own code (auto_map) from that code."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Exact trainable parameters, adapter size, extra FLOPs and training memory per target set and rank.
@@ -130,6 +131,7 @@ def plan_cmd(
                 use_rslora=rslora, lora_bias=lora_bias, layers=layers, layers_pattern=layers_pattern, exclude=exclude,
                 rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, batch_size=batch_size, seq_len=seq_len,
                 dtype=dtype, quant=quant, gradient_checkpointing=gradient_checkpointing, attn_implementation=attn,
+                trust_remote_code=trust_remote_code,
             )
         except LoradialError as err:  # the pattern parsers name the bad entry; say what a good one is
             if err.hint is None and err.message.startswith(("rank_pattern", "alpha_pattern", "pattern key")):

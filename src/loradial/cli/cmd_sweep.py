@@ -79,6 +79,7 @@ def sweep_cmd(
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations (less memory; the packer plans with it)."),
     load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="QLoRA: 4-bit NF4 base (bitsandbytes, CUDA)."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run the packs on a Ray cluster: auto (the running one), local (start one here) or an address. The sweep directory must be on a filesystem every node sees."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Let a model that ships its own code (auto_map) run it."),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Ray workers, one GPU each (default: every GPU of the cluster)."),
     seed: int = typer.Option(0, "--seed", help="Data order and split seed."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (also at every eval)."),
@@ -113,7 +114,7 @@ def sweep_cmd(
             devices=split_list(devices) or None, pack_size=pack_size, dtype=dtype, seed=seed,
             checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
             dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, ray=ray, ray_workers=ray_workers,
-            progress=True,
+            trust_remote_code=trust_remote_code, progress=True,
         )
 
     run(call, as_json, render)

@@ -19,12 +19,12 @@ from .session import TrainResult, train_many
 __all__ = ["train", "train_many", "TrainResult", "model_info"]
 
 
-def model_info(model):
+def model_info(model, trust_remote_code: bool = False):
     """ModelInfo for a model directory / bundled name / Hub id (meta build) or a loaded model."""
     from .. import models
 
     if isinstance(model, (str, Path)):
-        return models.inspect_model(str(model))
+        return models.inspect_model(str(model), trust_remote_code=trust_remote_code)
     mods = models.list_modules(model)
     cfg = model.config.to_dict() if hasattr(model, "config") else {}
     return models.ModelInfo(getattr(model, "name_or_path", type(model).__name__) or type(model).__name__, "local", cfg,
@@ -59,7 +59,7 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
     from ..models import resolve_targets
 
     needs_info = isinstance(targets, str) and targets.strip() in ("attention", "mlp")
-    target_modules = resolve_targets(targets, model_info(model)) if needs_info else resolve_targets(targets, None)
+    target_modules = resolve_targets(targets, model_info(model, trust_remote_code)) if needs_info else resolve_targets(targets, None)
     spec = LoraSpec(r=rank, lora_alpha=alpha, target_modules=target_modules, use_rslora=use_rslora,
                     use_dora=use_dora, lora_dropout=dropout)
     cfg = AdapterConfig(name, spec, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
