@@ -258,3 +258,24 @@ def test_quantized_base_shares_lora_inputs(llama8b, attn, dropout, shared):
     h = q = 4096
     per_layer = {"3h+q": 3 * h + q, "3h": 3 * h, "0": 0}[shared]
     assert plain - quant == 32 * c * B * T * per_layer
+
+
+def test_quantized_sharing_is_order_free_and_only_for_siblings():
+    """Only q/k/v_proj (gate/up_proj) of one parent share an input; o_proj reuses SDPA's output only
+    where attention needs a gradient; other families (GPT-NeoX dense_h_to_4h/dense_4h_to_h) never share."""
+    from loradial.activations import module_stage
+    from loradial.models import ModuleInfo
+
+    neox = [ModuleInfo("gpt_neox.layers.1.mlp.dense_h_to_4h", "linear", 64, 256),
+            ModuleInfo("gpt_neox.layers.1.mlp.dense_4h_to_h", "linear", 256, 64)]
+    assert [module_stage(m) for m in neox] == [3, 4]
+    info = inspect_model("llama-3.1-8b")
+    kw = dict(batch_size=1, seq_len=64)
+    for targets in (["q_proj", "v_proj", "gate_proj"], ["o_proj"]):
+        pairs = targeted(info, targets)
+        a = saved_activations(info, pairs, quant="4bit", **kw).total
+        assert a == saved_activations(info, list(reversed(pairs)), quant="4bit", **kw).total
+    # o_proj alone: attention of its first layer needs no gradient, so SDPA saves nothing there
+    pairs = targeted(info, ["o_proj"])
+    diff = saved_activations(info, pairs, **kw).total - saved_activations(info, pairs, quant="4bit", **kw).total
+    assert diff == 31 * 2 * 64 * 4096  # every layer but the first reuses SDPA's output

@@ -241,3 +241,15 @@ def test_unknown_model(cli):
 def test_no_dora_where_peft_cannot_apply_it():
     res = recommend("qwen3-30b-a3b", "standard", examples=3000, gpu_memory=160)
     assert res.use_dora is False and "DoRA" in res.reasons["use_dora"] and res.learning_rate == 1e-4
+
+
+def test_dora_recommendation_is_consistent_about_dropout():
+    res = recommend("llama-3.1-8b", "standard", examples=20000, gpu_memory=24)
+    assert res.use_dora and res.lora_dropout == 0.0
+    assert "lora_dropout 0 (DoRA)" in res.memory["model"]
+    from loradial import rules
+
+    r = rules.load_rules(None)
+    base = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
+    assert "more_dropout" in [s["action"] for s in rules.ladder_for("memorizing", base, r)]
+    assert "more_dropout" not in [s["action"] for s in rules.ladder_for("memorizing", {**base, "use_dora": True}, r)]

@@ -70,3 +70,9 @@ def test_sweep_trains_it_and_keeps_the_choice_for_resume(custom, tmp_path):
                          steps=2, batch_size=4, max_len=32, trust_remote_code=True)
     assert res.settings["trust_remote_code"] is True and res.configs[0]["final_train_loss"] is not None
     assert "trust_remote_code: true" in (tmp_path / "sw" / "sweep.yaml").read_text()
+
+
+def test_a_bundled_config_with_auto_map_ignores_the_flag():
+    """phi-3-mini's bundled config.json keeps its auto_map, but a bundled name has no code to run."""
+    with_flag = loradial.plan("phi-3-mini", 8, "all-linear", trust_remote_code=True)
+    assert with_flag.rows[0].trainable_params == loradial.plan("phi-3-mini", 8, "all-linear").rows[0].trainable_params

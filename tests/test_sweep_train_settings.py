@@ -147,7 +147,7 @@ def test_old_sweep_yaml_without_the_keys_resumes_with_the_old_defaults(assets, t
 
 
 # --- the memory packer ------------------------------------------------------------------------------
-def _costs(gradient_checkpointing=False, load_in_4bit=False, gib=None):
+def _costs(gradient_checkpointing=False, load_in_4bit=False, gib=None, dropout=None, use_dora=False):
     from loradial.models import inspect_model, matched_modules
     from loradial.spec import LoraSpec
     from loradial.sweep_setup import memory_costs
@@ -156,7 +156,7 @@ def _costs(gradient_checkpointing=False, load_in_4bit=False, gib=None):
     spec = LoraSpec(r=16, target_modules="all-linear")
     targeted = {"r16": [(m, spec.rank_for(m.name)) for m in matched_modules(spec, info)]}
     settings = {"max_len": 2048, "dtype": "bf16", "batch_size": 4,
-                "configs": [{"name": "r16", "use_dora": False}],
+                "configs": [{"name": "r16", "use_dora": use_dora}], "dropout": dropout,
                 "gradient_checkpointing": gradient_checkpointing, "load_in_4bit": load_in_4bit}
     budget, costs = memory_costs(settings, info, targeted, [{"input_ids": [0] * 2048}], ["cpu"], gib)
     from loradial.sweep_pack import ConfigCost
@@ -182,6 +182,23 @@ def test_packer_accepts_a_config_that_only_fits_with_gradient_checkpointing():
     assert make_packs(q, budget) == [["r16"]]
     # an old sweep.yaml (no keys) plans as before: no checkpointing, no quantization
     assert _costs(gradient_checkpointing=None, load_in_4bit=None)[1] == plain
+
+
+def test_packer_counts_the_dropout_mask_for_lora_and_dora():
+    """--dropout: one bool mask (M·d_in bytes) per module and adapter, DoRA included (the memory model
+    covers DoRA at dropout 0 only, so the packer adds DoRA's mask itself)."""
+    mask = 4 * 2048 * sum(d for d in _d_ins())  # batch 4 x 2048 tokens, one adapter
+    for dora in (False, True):
+        base, drop = _costs(use_dora=dora)[1][0], _costs(use_dora=dora, dropout=0.1)[1][0]
+        assert drop.alone - base.alone == mask and drop.marginal - base.marginal == mask
+
+
+def _d_ins():
+    from loradial.models import inspect_model, matched_modules
+    from loradial.spec import LoraSpec
+
+    info = inspect_model("llama-3.1-8b")
+    return [m.d_in for m in matched_modules(LoraSpec(r=16, target_modules="all-linear"), info)]
 
 
 # --- --load-in-4bit on a CPU, and bad values ---------------------------------------------------------

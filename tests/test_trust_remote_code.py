@@ -82,3 +82,17 @@ def test_api_kwargs(files, calls, tmp_path):
     merge(files["adapter"], files["model"], tmp_path / "m", trust_remote_code=True)
     analyze(files["adapter"], model=files["model"], data=files["data"], ranks=[1], trust_remote_code=True)
     assert len(calls) == 7 and all(v is True for _, v in calls), calls
+
+
+def test_resume_keeps_the_choice(files, calls, tmp_path):
+    """A run started with trust_remote_code resumes with it, without the flag being passed again."""
+    import loradial
+    from loradial.engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "r"
+    loradial.train(str(files["model"]), str(files["data"]), rank=2, alpha=4, targets="q_proj", steps=2, batch_size=4,
+                   out=out, save_every=1, trust_remote_code=True)
+    assert load_checkpoint(out)[1]["run"]["trust_remote_code"] is True
+    calls.clear()
+    loradial.train(resume=out)
+    assert calls and all(v is True for _, v in calls), calls

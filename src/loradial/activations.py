@@ -53,7 +53,10 @@ _NON_GATED_TYPES = _LAYERNORM_TYPES | {"starcoder2"}
 _FOUR_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
 _QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe"}
 _ATTN_OUT = {"o_proj", "out_proj", "c_proj", "wo", "o", "dense"}
-_MLP_OUT = {"down_proj", "c_proj", "fc2", "w2", "wo", "dense", "down"}
+_MLP_OUT = {"down_proj", "c_proj", "fc2", "w2", "wo", "dense", "down", "fc_out", "dense_4h_to_h"}
+#: Over a quantized base, sibling modules that read one tensor (measured: Llama-family names only;
+#: other families count one input copy per module, which can only overestimate).
+_SAME_INPUT = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in", "up_proj": "mlp_in"}
 
 
 # --- shapes ---------------------------------------------------------------------------------------
@@ -195,15 +198,19 @@ def lora_saved(m: ModuleInfo, r: int, M: int, use_dora: bool = False, c: int = 2
             + (M * m.d_in if dropout else 0))
 
 
-def shares_input(m: ModuleInfo, seen: set, attn: str) -> bool:
+def shares_input(m: ModuleInfo, seen: set, attn: str, sdpa_saves_output: bool = True) -> bool:
     """Over a quantized base (no fp32 cast, see the module docstring): is lora_A's saved input already
-    saved — by an earlier module of the same layer reading the same tensor, or by SDPA (o_proj)?"""
-    stage, li = module_stage(m), layer_index(m.name)
-    if m.kind == "embedding" or li is None or stage == 4:
+    saved — by an earlier sibling reading the same tensor (q/k/v_proj, gate/up_proj of one parent), or
+    by SDPA (o_proj; ``sdpa_saves_output`` is False where attention needs no gradient)?"""
+    parent, _, last = m.name.rpartition(".")
+    if m.kind not in ("linear", "conv1d") or layer_index(m.name) is None:
         return False
-    if stage == 2:
-        return attn != "eager"
-    key = (li, stage)
+    if last == "o_proj":
+        return attn != "eager" and sdpa_saves_output
+    group = _SAME_INPUT.get(last)
+    if group is None:
+        return False
+    key = (parent, group, m.d_in)
     if key in seen:
         return True
     seen.add(key)
@@ -256,7 +263,8 @@ def saved_activations(info: ModelInfo, targeted: list[tuple[ModuleInfo, int]], *
     share = quant != "none" and lora_dropout == 0
     for m, r in targeted:
         li = layer_index(m.name)
-        copy = not (share and shares_input(m, seen, attn_implementation))
+        sdpa_out = not (li == first and first_stage == 2)  # attention needs no gradient in that layer
+        copy = not (share and shares_input(m, seen, attn_implementation, sdpa_out))
         saved = lora_saved(m, r, M, use_dora, c, lora_dropout > 0, input_copy=copy)
         cache = c * K * r * (m.d_in + m.d_out)
         if li is not None and li < L and m.kind != "embedding":

@@ -299,6 +299,8 @@ def _torchtune(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                              "epochs": "epochs"}))
     if c.get("max_steps"):
         doc.update(epochs=1, max_steps_per_epoch=c["max_steps"])
+        w.append(f"torchtune ends an epoch when the data runs out: if {c['max_steps']} steps are more than one pass, "
+                 "raise epochs so that epochs x steps per epoch reaches them")
     if c.get("schedule") == "cosine" and c.get("warmup_steps") is not None:
         doc["lr_scheduler"] = {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
                                "num_warmup_steps": c["warmup_steps"]}

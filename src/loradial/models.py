@@ -310,7 +310,8 @@ def _other_modules(model, modules: list[ModuleInfo]) -> list[str]:
 def meta_model_info(name: str, source: str, cfg: dict[str, Any], trust_remote_code: bool = False) -> ModelInfo:
     """ModelInfo from a meta-device build (any architecture transformers knows, or with
     ``trust_remote_code`` the model's own code when its config has an ``auto_map``; imports torch)."""
-    meta = build_meta_model(cfg, name if trust_remote_code and cfg.get("auto_map") else None)
+    remote = trust_remote_code and cfg.get("auto_map") and source != "bundled"  # a bundled name has no code
+    meta = build_meta_model(cfg, name if remote else None)
     modules = list_modules(meta)
     total = sum(p.numel() for p in meta.parameters())
     tied = bool(getattr(meta.config, "tie_word_embeddings", False))
@@ -335,7 +336,7 @@ def model_info_from_config(cfg: dict[str, Any], name: str = "config", source: st
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
         raise LoradialError(f"config of {name!r} has no model_type", "a Hugging Face config.json names its model_type")
     info = None
-    if fast and not (trust_remote_code and cfg.get("auto_map")):
+    if fast and not (trust_remote_code and cfg.get("auto_map") and source != "bundled"):
         from .shapes import model_info
 
         info = model_info(name, source, cfg)

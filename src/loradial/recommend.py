@@ -273,6 +273,7 @@ def recommend(
                 memory["dora_total_bytes"] = dest.total_bytes
                 if use_dora and dropout > 0:
                     dropout = 0.0
+                    memory["model"] = memory["model"].replace(f"lora_dropout {rules['dropout'][band]:g}", "lora_dropout 0 (DoRA)")
                     reasons["lora_dropout"] = ("0: DoRA is on, and PEFT's fast DoRA path (the one the memory estimate "
                                                f"models) needs lora_dropout 0; without DoRA the rule says {rules['dropout'][band]:g} "
                                                f"for {band} data")

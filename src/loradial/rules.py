@@ -369,6 +369,8 @@ def ladder_for(verdict: str, config: dict[str, Any], rules: dict[str, Any], evid
     for step in rules["ladder"].get(verdict, []):
         if _is_noop(step.get("change") or {}, config):
             continue  # e.g. 'target all linear layers' when they already are
+        if config.get("use_dora") and "lora_dropout" in (step.get("change") or {}):
+            continue  # dropout takes DoRA off PEFT's fast path (and out of the memory model)
         item: dict[str, Any] = {"action": step["action"], "why": step.get("why", "")}
         change = ladder_step_config(step, config)
         if change and change.get("steps") == "eval_min":

@@ -41,7 +41,7 @@ def connect(address: str) -> None:
         return
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     try:
-        ray.init(**kw) if address == "local" else ray.init(address=address, **kw)
+        ray.init(address=address, **kw)  # 'local' starts a private cluster even when RAY_ADDRESS is set
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise LoradialError(f"cannot reach a Ray cluster at {address!r}: {str(e).splitlines()[0]}",
                             "start one with `ray start --head`, or use --ray local") from None

@@ -288,7 +288,7 @@ def memory_costs(settings, info, targeted, train, devices, gpu_memory) -> tuple[
 
     The estimate is that of one micro-batch (``batch_size`` sequences: --grad-accum adds no memory),
     with gradient checkpointing, the 4-bit base and the dropout mask when the sweep uses them (the memory
-    model covers DoRA at dropout 0 only, so DoRA configs are estimated without the mask)."""
+    model covers DoRA at dropout 0 only, so a DoRA config's mask, M·d_in per module, is added here)."""
     from .memory import estimate_training_memory
     from .sweep_pack import config_cost, device_budget
     from .sweep_ray import worker_budget
@@ -301,10 +301,13 @@ def memory_costs(settings, info, targeted, train, devices, gpu_memory) -> tuple[
     costs = []
     for entry in settings["configs"]:
         def est(n, entry=entry):
-            return estimate_training_memory(info, targeted[entry["name"]], use_dora=entry["use_dora"],
-                                            batch_size=settings["batch_size"], seq_len=seq_len, dtype=dtype,
-                                            quant=quant, gradient_checkpointing=checkpointing,
-                                            n_adapters=n, lora_dropout=0.0 if entry["use_dora"] else dropout).total_bytes
+            pairs, dora = targeted[entry["name"]], entry["use_dora"]
+            mask = n * settings["batch_size"] * seq_len * sum(m.d_in for m, _ in pairs if m.kind != "embedding")
+            return estimate_training_memory(info, pairs, use_dora=dora, batch_size=settings["batch_size"],
+                                            seq_len=seq_len, dtype=dtype, quant=quant,
+                                            gradient_checkpointing=checkpointing, n_adapters=n,
+                                            lora_dropout=0.0 if dora else dropout).total_bytes + (
+                mask if dora and dropout > 0 else 0)
         costs.append(dataclasses.asdict(config_cost(entry["name"], est)))
     budgets = ([worker_budget(devices[0], gpu_memory)] if is_ray(devices) else
                [device_budget(d, gpu_memory) for d in devices])

@@ -196,6 +196,7 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
         eval_fraction, packing, seed, save_every = run["eval_fraction"], run["packing"], run["seed"], run["save_every"]
         eval_every, gradient_checkpointing = run["eval_every"], run["gradient_checkpointing"]
         dtype, load_in_4bit, grad_accum = run["dtype"], run["load_in_4bit"], run["grad_accum"]
+        trust_remote_code = trust_remote_code or bool(run.get("trust_remote_code"))  # asked for at the start
     else:
         if not adapters:
             raise LoradialError("no adapter configuration given")
@@ -210,7 +211,8 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
            "eval_data": str(eval_data) if isinstance(eval_data, (str, Path)) else None, "batch_size": batch_size,
            "steps": steps, "epochs": epochs, "max_len": max_len, "eval_fraction": eval_fraction, "packing": packing,
            "seed": seed, "save_every": save_every, "eval_every": eval_every, "gradient_checkpointing": gradient_checkpointing,
-           "dtype": dtype, "load_in_4bit": load_in_4bit, "grad_accum": grad_accum}
+           "dtype": dtype, "load_in_4bit": load_in_4bit, "grad_accum": grad_accum,
+           "trust_remote_code": bool(trust_remote_code)}
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
     if isinstance(model, str):
         model, loaded_tok = load_model(model, dtype=dtype, load_in_4bit=load_in_4bit, device=device,
