@@ -384,17 +384,18 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     cfg.setdefault("use_dora", variant == "dora")
     settings = results.get("settings") or {}
     from .sweep_engine import TRAIN_DEFAULTS
+    from .sweep_setup import train_setting
 
     for src, dst in (("model", "model"), ("max_len", "seq_len"), ("batch_size", "micro_batch_size"), ("steps", "max_steps")):
         if settings.get(src) is not None:
             cfg[dst] = settings[src]
     if "max_steps" not in cfg and settings.get("epochs") is not None:
         cfg["epochs"] = settings["epochs"]
-    cfg["gradient_accumulation_steps"] = int(settings.get("grad_accum") or 1)  # sweep --grad-accum (default 1)
-    if settings.get("gradient_checkpointing"):
+    cfg["gradient_accumulation_steps"] = int(train_setting(settings, "grad_accum"))
+    if train_setting(settings, "gradient_checkpointing"):
         cfg["gradient_checkpointing"] = True
-    if settings.get("dropout") and "lora_dropout" not in cfg:  # sweep --dropout: every config's lora_dropout
-        cfg["lora_dropout"] = float(settings["dropout"])
+    if train_setting(settings, "dropout") and "lora_dropout" not in cfg:  # sweep --dropout: every config's lora_dropout
+        cfg["lora_dropout"] = float(train_setting(settings, "dropout"))
     cfg.update({k: v for k, v in {**TRAIN_DEFAULTS, **(settings.get("train") or {})}.items() if k in TRAIN_KEYS})
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:

@@ -307,11 +307,10 @@ def _other_modules(model, modules: list[ModuleInfo]) -> list[str]:
     return [n for n, _ in model.named_modules() if n and n not in wrappable]
 
 
-def meta_model_info(name: str, source: str, cfg: dict[str, Any], trust_remote_code: bool = False) -> ModelInfo:
-    """ModelInfo from a meta-device build (any architecture transformers knows, or with
-    ``trust_remote_code`` the model's own code when its config has an ``auto_map``; imports torch)."""
-    remote = trust_remote_code and cfg.get("auto_map") and source != "bundled"  # a bundled name has no code
-    meta = build_meta_model(cfg, name if remote else None)
+def meta_model_info(name: str, source: str, cfg: dict[str, Any], remote_code: bool = False) -> ModelInfo:
+    """ModelInfo from a meta-device build (any architecture transformers knows, or with ``remote_code``
+    the model's own code, see ``uses_remote_code``; imports torch)."""
+    meta = build_meta_model(cfg, name if remote_code else None)
     modules = list_modules(meta)
     total = sum(p.numel() for p in meta.parameters())
     tied = bool(getattr(meta.config, "tie_word_embeddings", False))
@@ -335,12 +334,19 @@ def model_info_from_config(cfg: dict[str, Any], name: str = "config", source: st
     and ``trust_remote_code`` is set)."""
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
         raise LoradialError(f"config of {name!r} has no model_type", "a Hugging Face config.json names its model_type")
+    remote = uses_remote_code(cfg, source, trust_remote_code)
     info = None
-    if fast and not (trust_remote_code and cfg.get("auto_map") and source != "bundled"):
+    if fast and not remote:
         from .shapes import model_info
 
         info = model_info(name, source, cfg)
-    return info if info is not None else meta_model_info(name, source, cfg, trust_remote_code)
+    return info if info is not None else meta_model_info(name, source, cfg, remote)
+
+
+def uses_remote_code(cfg: dict[str, Any], source: str, trust_remote_code: bool) -> bool:
+    """Build from the model's own code: asked for, the config has an ``auto_map``, and there is code
+    to run (a local directory or a Hub repository; a bundled name has only its config.json)."""
+    return bool(trust_remote_code and cfg.get("auto_map") and source != "bundled")
 
 
 # --- target sets live in targets.py; these names stay importable from here ----------------------

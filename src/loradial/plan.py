@@ -244,7 +244,6 @@ def plan(
     r_pattern, a_pattern = parse_pattern(rank_pattern, int, "rank_pattern"), parse_pattern(alpha_pattern, float, "alpha_pattern")
     exclude_modules = parse_exclude(exclude)
     info = model if isinstance(model, ModelInfo) else inspect_model(model, trust_remote_code=trust_remote_code)
-    check_layers(layer_list, info)
     estimate = _memory_model()
     mem_kw = dict(use_dora=use_dora, batch_size=batch_size, seq_len=seq_len, dtype=mem_dtype, quant=quant,
                   gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation)

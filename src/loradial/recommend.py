@@ -231,8 +231,12 @@ def recommend(
     use_dora = False
     mb = ga = gc = None
     quant = "none"
-    memory["model"] = ("loradial.memory.estimate_training_memory: one step of a plain PEFT loop, "
-                       f"lora_dropout {dropout:g}, {dtype} base, sdpa attention")
+    def model_text(dropout_text: str) -> str:
+        return (f"loradial.memory.estimate_training_memory: one step of a plain PEFT loop, lora_dropout {dropout_text}, "
+                f"{dtype} base, sdpa attention")
+
+    rule_dropout = dropout
+    memory["model"] = model_text(f"{dropout:g}")
     estimate = functools.partial(estimate_training_memory, lora_dropout=dropout)
     if gpu_memory is not None:
         budget = int(gpu_memory * GIB * batch["memory_headroom"])
@@ -273,9 +277,9 @@ def recommend(
                 memory["dora_total_bytes"] = dest.total_bytes
                 if use_dora and dropout > 0:
                     dropout = 0.0
-                    memory["model"] = memory["model"].replace(f"lora_dropout {rules['dropout'][band]:g}", "lora_dropout 0 (DoRA)")
+                    memory["model"] = model_text("0 (DoRA)")
                     reasons["lora_dropout"] = ("0: DoRA is on, and PEFT's fast DoRA path (the one the memory estimate "
-                                               f"models) needs lora_dropout 0; without DoRA the rule says {rules['dropout'][band]:g} "
+                                               f"models) needs lora_dropout 0; without DoRA the rule says {rule_dropout:g} "
                                                f"for {band} data")
                 reasons["use_dora"] = (f"{'true' if use_dora else 'false'}: DoRA needs {_gib(dest.total_bytes)} at this batch "
                                        f"({'fits' if use_dora else 'over'} the {_gib(budget)} budget); it can beat LoRA "

@@ -297,17 +297,18 @@ def memory_costs(settings, info, targeted, train, devices, gpu_memory) -> tuple[
     dtype = settings["dtype"]
     checkpointing = bool(train_setting(settings, "gradient_checkpointing"))
     quant = "4bit" if train_setting(settings, "load_in_4bit") else "none"
-    dropout = float(train_setting(settings, "dropout") or 0.0)
+    dropout = float(train_setting(settings, "dropout"))
     costs = []
     for entry in settings["configs"]:
         def est(n, entry=entry):
             pairs, dora = targeted[entry["name"]], entry["use_dora"]
-            mask = n * settings["batch_size"] * seq_len * sum(m.d_in for m, _ in pairs if m.kind != "embedding")
-            return estimate_training_memory(info, pairs, use_dora=dora, batch_size=settings["batch_size"],
-                                            seq_len=seq_len, dtype=dtype, quant=quant,
-                                            gradient_checkpointing=checkpointing, n_adapters=n,
-                                            lora_dropout=0.0 if dora else dropout).total_bytes + (
-                mask if dora and dropout > 0 else 0)
+            total = estimate_training_memory(info, pairs, use_dora=dora, batch_size=settings["batch_size"],
+                                             seq_len=seq_len, dtype=dtype, quant=quant,
+                                             gradient_checkpointing=checkpointing, n_adapters=n,
+                                             lora_dropout=0.0 if dora else dropout).total_bytes
+            if dora and dropout > 0:  # the model covers DoRA at dropout 0: add the masks, M·d_in per module
+                total += n * settings["batch_size"] * seq_len * sum(m.d_in for m, _ in pairs if m.kind != "embedding")
+            return total
         costs.append(dataclasses.asdict(config_cost(entry["name"], est)))
     budgets = ([worker_budget(devices[0], gpu_memory)] if is_ray(devices) else
                [device_budget(d, gpu_memory) for d in devices])

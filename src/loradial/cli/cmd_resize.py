@@ -40,13 +40,10 @@ def resize_cmd(
         console.print(t)
         console.print(f"overall: {res.retained_energy:.2%} of ΔW energy kept, {res.params_before:,} → {res.params_after:,} "
                       f"parameters" + (" [yellow](approximate: DoRA)[/]" if res.approximate else ""))
-        for w in res.warnings:
-            console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
         for n in res.notes:
             console.print(f"[dim]note: {n}[/]")
 
     res = run(lambda: surgery.resize(adapter, out, rank=rank, energy=energy, budget=budget, overwrite=overwrite,
                                      allow_pickle=allow_pickle), as_json, render)
-    if as_json:  # the human render printed them already
-        for w in res.warnings:
-            console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+    for w in res.warnings:  # on stderr with --json too
+        console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
