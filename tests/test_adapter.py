@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from loradial.adapter import (
+from loradial.adapters.format import (
     SAFETENSORS_NAME,
     delta_weight,
     load_adapter,

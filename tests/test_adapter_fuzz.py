@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from loradial.adapter import CONFIG_NAME, SAFETENSORS_NAME, load_adapter
-from loradial.analyze import analyze
+from loradial.adapters.format import CONFIG_NAME, SAFETENSORS_NAME, load_adapter
+from loradial.adapters.analysis import analyze
 from loradial.errors import LoradialError
-from loradial.surgery import rescale, resize
+from loradial.adapters.surgery import rescale, resize
 from test_adapter_support import peft_adapter
 
 TENSOR_MUTATIONS = ("drop", "nan", "inf", "int", "bool", "fp8", "shape_rows", "shape_cols", "rank_both", "scalar", "conv4d")

@@ -13,7 +13,7 @@ from conftest import TINY_CONFIGS
 def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     from transformers import AutoModelForCausalLM
 
-    from loradial.models import to_pretrained_config
+    from loradial.models.resolve import to_pretrained_config
 
     torch.manual_seed(seed)
     cfg = dict(TINY_CONFIGS[arch])

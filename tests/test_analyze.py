@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from loradial.analyze import analyze, recommend_ranks, sigma_max
+from loradial.adapters.analysis import analyze, recommend_ranks, sigma_max
 from loradial.errors import LoradialError
 from test_adapter_support import peft_adapter, peft_delta, save_base, tiny_model
 
@@ -58,7 +58,7 @@ def test_base_ratios(made):
 
 
 def test_sigma_max_power_iteration(monkeypatch):
-    an = importlib.import_module("loradial.analyze")
+    an = importlib.import_module("loradial.adapters.analysis")
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(60, 40, generator=g) @ torch.diag(torch.linspace(3, 0.1, 40))
@@ -69,8 +69,8 @@ def test_sigma_max_power_iteration(monkeypatch):
 
 
 def _rep(name, sig, r, d=10):
-    from loradial.analyze import ModuleReport
-    from loradial.spectrum import spectrum_metrics
+    from loradial.adapters.analysis import ModuleReport
+    from loradial.adapters.spectrum import spectrum_metrics
 
     import dataclasses
 
@@ -124,8 +124,8 @@ def test_parallel_spectra_equal_serial(made):
         torch.set_num_threads(1)
         serial = analyze(path)
         torch.set_num_threads(2)  # 7 modules < 8: force the pool by lowering the threshold through a bigger adapter
-        from loradial.adapter import load_adapter
-        an = importlib.import_module("loradial.analyze")
+        from loradial.adapters.format import load_adapter
+        an = importlib.import_module("loradial.adapters.analysis")
 
         ad = load_adapter(path)
         big = dict(ad.modules)

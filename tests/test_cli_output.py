@@ -7,7 +7,7 @@ import json
 import pytest
 from rich.table import Table
 
-from loradial.cli.common import LOG_WIDTH, _Console, log_width
+from loradial.console import LOG_WIDTH, _Console, log_width
 
 
 def test_models_names_whole_when_not_a_tty(cli, monkeypatch):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from loradial import cost
+from loradial.cost import params as cost
 from loradial.errors import LoradialError
-from loradial.models import ModuleInfo
+from loradial.models.info import ModuleInfo
 
 Q = ModuleInfo("model.layers.0.self_attn.q_proj", "linear", 4096, 4096)
 Q1 = ModuleInfo("model.layers.1.self_attn.q_proj", "linear", 4096, 4096)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import loradial
-from loradial.demo import MARKER, prepare_out
+from loradial.flows.demo import MARKER, prepare_out
 
 
 @pytest.fixture(scope="module")

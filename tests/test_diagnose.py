@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from loradial.diagnose import Thresholds, diagnose, rolling_median
+from loradial.advice.diagnosis import Thresholds, diagnose, rolling_median
 from loradial.errors import LoradialError
-from loradial.logs import read_log, read_torchtune_txt
+from loradial.advice.logs import read_log, read_torchtune_txt
 
 LOGS = Path(__file__).parent / "data" / "logs"
 MANIFEST = json.loads((LOGS / "manifest.json").read_text())

@@ -10,10 +10,10 @@ import pytest
 import torch
 from peft.helpers import rescale_adapter_scale
 
-from loradial import evaluate as ev
-from loradial.adapter import load_adapter
+from loradial.adapters import evaluate as ev
+from loradial.adapters.format import load_adapter
 from loradial.errors import LoradialError
-from loradial.surgery import resize, truncate_module
+from loradial.adapters.surgery import resize, truncate_module
 from test_adapter_support import peft_adapter, tiny_model, tokens
 from test_engine_fixtures import pc_records, save_tiny_model, tiny_llama, write_jsonl
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from loradial.errors import LoradialError
-from loradial.export import FORMATS, export_config, export_sweep
+from loradial.advice.export import FORMATS, export_config, export_sweep
 
 GOLDEN = Path(__file__).parent / "golden"
 EXT = {"peft": "json", "unsloth": "json", "trl": "yaml", "axolotl": "yaml", "llamafactory": "yaml", "torchtune": "yaml"}
@@ -37,7 +37,7 @@ CONFIGS = {
 def tiny_llama(tmp_path_factory):
     from conftest import TINY_CONFIGS
 
-    from loradial.models import inspect_model
+    from loradial.models.resolve import inspect_model
 
     d = tmp_path_factory.mktemp("tiny-llama")
     (d / "config.json").write_text(json.dumps({**TINY_CONFIGS["llama"], "architectures": ["LlamaForCausalLM"]}))
@@ -218,7 +218,7 @@ def test_export_sweep_writes_the_schedule_the_winner_trained_under(tmp_path, tra
     """Steps, schedule, warmup, clipping and weight decay are those the sweep's engine used, in each tool's keys."""
     from loradial.engine import AdapterConfig
     from loradial.spec import LoraSpec
-    from loradial.sweep_engine import adapter_configs
+    from loradial.sweeps.segment import adapter_configs
 
     d = _sweep(tmp_path, settings={"train": train} if train else None)
     settings = json.loads((d / "results.json").read_text())["settings"]

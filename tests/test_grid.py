@@ -3,7 +3,7 @@ import math
 import pytest
 
 from loradial.errors import LoradialError
-from loradial.grid import build_grid, config_name, fit_lr_rank_exponent, lr_for_rank, parse_alphas
+from loradial.sweeps.grid import build_grid, config_name, fit_lr_rank_exponent, lr_for_rank, parse_alphas
 
 
 def test_names_and_cross_product():

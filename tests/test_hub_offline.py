@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import huggingface_hub
 
-from loradial import models
+from loradial.models import resolve as models
 
 
 def test_offline_hub_fetch_is_one_attempt(monkeypatch, cli):

@@ -10,7 +10,7 @@ import weakref
 import pytest
 
 from loradial.errors import LoradialError
-from loradial.memory import (
+from loradial.cost.memory import (
     WORKSPACE_BYTES,
     MemoryEstimate,
     estimate_training_memory,
@@ -21,7 +21,9 @@ from loradial.memory import (
     nf4_bytes,
     saved_activations,
 )
-from loradial.models import ModelInfo, inspect_model, list_modules, matched_modules
+from loradial.models.info import ModelInfo
+from loradial.models.resolve import inspect_model, list_modules
+from loradial.models.targets import matched_modules
 from loradial.spec import LoraSpec
 
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -263,8 +265,8 @@ def test_quantized_base_shares_lora_inputs(llama8b, attn, dropout, shared):
 def test_quantized_sharing_is_order_free_and_only_for_siblings():
     """Only q/k/v_proj (gate/up_proj) of one parent share an input; o_proj reuses SDPA's output only
     where attention needs a gradient; other families (GPT-NeoX dense_h_to_4h/dense_4h_to_h) never share."""
-    from loradial.activations import module_stage
-    from loradial.models import ModuleInfo
+    from loradial.cost.activations import module_stage
+    from loradial.models.info import ModuleInfo
 
     neox = [ModuleInfo("gpt_neox.layers.1.mlp.dense_h_to_4h", "linear", 64, 256),
             ModuleInfo("gpt_neox.layers.1.mlp.dense_4h_to_h", "linear", 256, 64)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loradial import models, shapes
+from loradial.models import resolve as models, shapes
 from loradial.errors import LoradialError
 
 BUNDLED = [e["name"] for e in models.bundled_index()]
@@ -80,7 +80,7 @@ def test_every_index_entry_has_its_file():
 
 # --- the fast path equals the meta build ---------------------------------------------------------------
 def _assert_same(fast: models.ModelInfo, meta: models.ModelInfo) -> None:
-    from loradial.memory import model_shape
+    from loradial.cost.memory import model_shape
 
     assert fast.built_by == "shapes" and meta.built_by == "meta"
     assert model_shape(fast) == model_shape(meta)  # the memory model reads the same dims without transformers
@@ -156,7 +156,7 @@ def test_list_modules_kinds_on_an_moe_and_a_conv():
 def test_import_and_fast_path_do_not_import_torch():
     code = (
         "import sys, loradial, loradial.cli\n"
-        "from loradial.models import inspect_model\n"
+        "from loradial.models.resolve import inspect_model\n"
         "inspect_model('llama-3.1-405b'); inspect_model('mixtral-8x7b')\n"
         "loradial.plan('qwen3-30b-a3b', [8], ['attention', 'mlp'])\n"
         "bad = [m for m in ('torch', 'transformers', 'peft', 'numpy') if m in sys.modules]\n"

@@ -10,9 +10,9 @@ import importlib
 
 import loradial
 from loradial.errors import LoradialError
-from loradial.plan import parse_exclude, parse_layers, parse_pattern, plan
+from loradial.cost.planning import parse_exclude, parse_layers, parse_pattern, plan
 
-plan_module = importlib.import_module("loradial.plan")
+plan_module = importlib.import_module("loradial.cost.planning")
 ROW_KEYS = {"rank", "targets", "target_modules", "trainable_params", "trainable_percent", "modules", "adapter_bytes",
             "peak_memory_bytes", "memory_breakdown", "extra_flops_per_token", "lora_alpha", "scaling", "peft_config",
             "unused_pattern_keys", "n_modules", "weight_side_flops_per_step", "target_parameters"}
@@ -57,7 +57,7 @@ def test_default_command_runs():
 
 
 def test_loradial_plan_is_the_verb():
-    import loradial.plan  # noqa: F401  (the package keeps loradial.plan bound to the function)
+    import loradial.cost.planning  # noqa: F401  (importing the module never rebinds the verb)
 
     assert loradial.plan("gpt2", 8, "c_attn").rows[0].trainable_params == 12 * 8 * (768 + 2304)
     assert plan_module.plan is plan

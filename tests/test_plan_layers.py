@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loradial import LoradialError
-from loradial.plan import parse_layers, plan
+from loradial.cost.planning import parse_layers, plan
 
 BAD = [
     ("5-2", "layer range '5-2' is reversed", "--layers 2-5"),

@@ -15,11 +15,11 @@ import warnings
 import peft
 import pytest
 
-from loradial import models
-from loradial.cost import trainable_params
+from loradial.models import resolve as models
+from loradial.cost.params import trainable_params
 from loradial.errors import LoradialError
-from loradial.plan import make_spec, plan
-from loradial.targets import match
+from loradial.cost.planning import make_spec, plan
+from loradial.models.targets import match
 
 FAMILIES = {  # family -> bundled config it is shrunk from
     "llama": "llama-3.2-1b", "mistral": "mistral-7b-instruct-v0.3", "mixtral": "mixtral-8x7b", "qwen2": "qwen2.5-0.5b",

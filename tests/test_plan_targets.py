@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from loradial import models
+from loradial.models import resolve as models
 from loradial.errors import LoradialError
 from loradial.spec import LoraSpec
-from loradial.targets import MOE_CONVERTED, Matcher, exact_names, match, preset_targets, resolve_targets
+from loradial.models.targets import MOE_CONVERTED, Matcher, exact_names, match, preset_targets, resolve_targets
 
 NAMES = [
     "model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj",
@@ -38,7 +38,7 @@ def test_moe_conversion_table_is_peft_s():
     from peft.utils.transformers_weight_conversion import _MODEL_TO_CONVERSION_PATTERN, _MOE_FUSED_TARGETS, _MOE_TARGET_MODULE_MAPPING
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
-    from loradial.targets import _MOE_FUSED, _MOE_MAPPING
+    from loradial.models.targets import _MOE_FUSED, _MOE_MAPPING
 
     theirs = {t: b for t, b in _MODEL_TO_CONVERSION_PATTERN.items()
               if b in _MOE_TARGET_MODULE_MAPPING and _MOE_FUSED_TARGETS.get(b) and get_checkpoint_conversion_mapping(t) is not None}

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from loradial.errors import LoradialError
-from loradial.recommend import recommend
-from loradial.rules import DEFAULT_RULES, SOURCES, alpha_from_rule, ladder_step_config, load_rules
+from loradial.advice.recommendation import recommend
+from loradial.advice.rules import DEFAULT_RULES, SOURCES, alpha_from_rule, ladder_step_config, load_rules
 
 M = "llama-3.1-8b"  # bundled config: offline
 
@@ -113,10 +113,10 @@ def fake_estimator(calls):
     (0.8 / 0.92, 1, True, "4bit", False),      # only with a 4-bit base
 ])
 def test_batch_fitting(monkeypatch, gib, mb, gc, quant, dora):
-    import loradial.memory
+    import loradial.cost.memory
 
     calls = []
-    monkeypatch.setattr(loradial.memory, "estimate_training_memory", fake_estimator(calls))
+    monkeypatch.setattr(loradial.cost.memory, "estimate_training_memory", fake_estimator(calls))
     res = recommend(M, "standard", examples=5000, gpu_memory=gib)
     assert (res.micro_batch_size, res.gradient_checkpointing, res.quant, res.use_dora) == (mb, gc, quant, dora)
     assert res.gradient_accumulation_steps == 16 // mb
@@ -127,9 +127,9 @@ def test_batch_fitting(monkeypatch, gib, mb, gc, quant, dora):
 
 
 def test_nothing_fits(monkeypatch):
-    import loradial.memory
+    import loradial.cost.memory
 
-    monkeypatch.setattr(loradial.memory, "estimate_training_memory", fake_estimator([]))
+    monkeypatch.setattr(loradial.cost.memory, "estimate_training_memory", fake_estimator([]))
     res = recommend(M, "standard", examples=5000, gpu_memory=0.5)
     assert res.memory["fits"] is False and res.use_dora is False
     assert any("does not fit" in w for w in res.warnings)
@@ -247,7 +247,7 @@ def test_dora_recommendation_is_consistent_about_dropout():
     res = recommend("llama-3.1-8b", "standard", examples=20000, gpu_memory=24)
     assert res.use_dora and res.lora_dropout == 0.0
     assert "lora_dropout 0 (DoRA)" in res.memory["model"]
-    from loradial import rules
+    from loradial.advice import rules
 
     r = rules.load_rules(None)
     base = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}

@@ -15,8 +15,8 @@ import pytest
 
 import loradial
 from loradial.errors import LoradialError
-from loradial.report import svg
-from loradial.report.plots import cumulative_energy, ema, short_types
+from loradial.reports import svg
+from loradial.reports.plots import cumulative_energy, ema, short_types
 
 DATA = Path(__file__).parent / "data" / "report"
 DEMO = DATA / "demo"
@@ -219,14 +219,14 @@ def test_svg_helpers() -> None:
 def test_report_is_the_verb_even_after_its_package_is_imported() -> None:
     import importlib
 
-    importlib.import_module("loradial.report")
-    assert loradial.report is importlib.import_module("loradial.report").report
+    importlib.import_module("loradial.reports.api")
+    assert loradial.report is importlib.import_module("loradial.reports.api").report
 
 
 def test_gap_column_is_train_minus_eval_as_in_results_json(tmp_path: Path) -> None:
-    from loradial.report.load import load_sweep
-    from loradial.report.render import sweep_section
-    from loradial.sweep_results import config_result
+    from loradial.reports.load import load_sweep
+    from loradial.reports.render import sweep_section
+    from loradial.sweeps.results import config_result
 
     stored = config_result({"name": "a", "r": 8}, {"train": [(1, 2.0, 0), (2, 1.5, 0)], "eval": [(2, 1.8)]},
                            trainable_params=1, steps=2, stopped_at=None, pack=0, train_seconds=1.0, peak_memory_bytes=None)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from loradial.analyze import analyze
+from loradial.adapters.analysis import analyze
 from loradial.errors import LoradialError
-from loradial.surgery import resize
+from loradial.adapters.surgery import resize
 from test_adapter_support import peft_adapter
 
 

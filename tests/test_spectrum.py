@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from loradial.spectrum import (
+from loradial.adapters.spectrum import (
     allocate_ranks,
     best_rank_k,
     effective_rank,

@@ -10,9 +10,9 @@ import torch
 from peft.helpers import rescale_adapter_scale
 from transformers import AutoModelForCausalLM
 
-from loradial.adapter import delta_weight, load_adapter
+from loradial.adapters.format import delta_weight, load_adapter
 from loradial.errors import LoradialError
-from loradial.surgery import merge, rescale, resize
+from loradial.adapters.surgery import merge, rescale, resize
 from test_adapter_support import peft_adapter, peft_delta, save_base, tiny_model, tokens
 from test_engine_fixtures import tiny_tokenizer
 

@@ -103,7 +103,7 @@ def test_dropout_and_packing_reach_the_engine_and_the_adapters(assets, tmp_path,
 
 def test_resume_keeps_the_settings(assets, plain, tmp_path, monkeypatch, engine_calls):
     """A sweep interrupted after its directory was written resumes with its own settings, not the defaults."""
-    import loradial.sweep_runner as runner
+    import loradial.sweeps.runner as runner
 
     model, data = assets
     out = tmp_path / "r"
@@ -125,7 +125,7 @@ def test_resume_keeps_the_settings(assets, plain, tmp_path, monkeypatch, engine_
 
 
 def test_old_sweep_yaml_without_the_keys_resumes_with_the_old_defaults(assets, tmp_path, monkeypatch, engine_calls):
-    import loradial.sweep_runner as runner
+    import loradial.sweeps.runner as runner
 
     model, data = assets
     out = tmp_path / "old"
@@ -148,9 +148,10 @@ def test_old_sweep_yaml_without_the_keys_resumes_with_the_old_defaults(assets, t
 
 # --- the memory packer ------------------------------------------------------------------------------
 def _costs(gradient_checkpointing=False, load_in_4bit=False, gib=None, dropout=None, use_dora=False):
-    from loradial.models import inspect_model, matched_modules
+    from loradial.models.resolve import inspect_model
+    from loradial.models.targets import matched_modules
     from loradial.spec import LoraSpec
-    from loradial.sweep_setup import memory_costs
+    from loradial.sweeps.setup import memory_costs
 
     info = inspect_model("llama-3.1-8b")  # bundled config: no weights
     spec = LoraSpec(r=16, target_modules="all-linear")
@@ -159,13 +160,13 @@ def _costs(gradient_checkpointing=False, load_in_4bit=False, gib=None, dropout=N
                 "configs": [{"name": "r16", "use_dora": use_dora}], "dropout": dropout,
                 "gradient_checkpointing": gradient_checkpointing, "load_in_4bit": load_in_4bit}
     budget, costs = memory_costs(settings, info, targeted, [{"input_ids": [0] * 2048}], ["cpu"], gib)
-    from loradial.sweep_pack import ConfigCost
+    from loradial.sweeps.pack import ConfigCost
 
     return budget, [ConfigCost(**c) for c in costs]
 
 
 def test_packer_accepts_a_config_that_only_fits_with_gradient_checkpointing():
-    from loradial.sweep_pack import GiB, make_packs
+    from loradial.sweeps.pack import GiB, make_packs
 
     _, plain = _costs()
     _, gc = _costs(gradient_checkpointing=True)
@@ -194,7 +195,8 @@ def test_packer_counts_the_dropout_mask_for_lora_and_dora():
 
 
 def _d_ins():
-    from loradial.models import inspect_model, matched_modules
+    from loradial.models.resolve import inspect_model
+    from loradial.models.targets import matched_modules
     from loradial.spec import LoraSpec
 
     info = inspect_model("llama-3.1-8b")
@@ -217,7 +219,7 @@ def test_load_in_4bit_on_cpu_gives_trains_error_and_writes_nothing(assets, tmp_p
 def test_load_in_4bit_is_passed_to_the_model_loader(assets, monkeypatch):
     """The segment loads its base with load_in_4bit (the loader itself refuses it on a CPU)."""
     import loradial.engine.session as session
-    from loradial.sweep_engine import SegmentEnv, release
+    from loradial.sweeps.segment import SegmentEnv, release
 
     seen = {}
 
@@ -248,7 +250,7 @@ def test_bad_training_settings_exit_2_and_write_nothing(assets, tmp_path, cli, a
 def test_dropout_sweep_resumed_between_rungs_matches_an_uninterrupted_one(assets, tmp_path, monkeypatch):
     """Uninterrupted, rung 2 keeps the engine in memory; resumed, it is rebuilt from the per-config
     checkpoints: both draw the same dropout masks (the segment's RNG is seeded from the sweep's seed)."""
-    import loradial.sweep_runner as runner
+    import loradial.sweeps.runner as runner
 
     model, data = assets
     kw = {**KW, "steps": 4, "halving": True, "halving_at": "0.5", "dropout": 0.2}

@@ -7,11 +7,11 @@ import math
 import pytest
 
 from loradial.errors import LoradialError
-from loradial.halving import adapter_steps, parse_fractions, rung_boundaries, survivors
-from loradial.sweep_pack import GiB, ConfigCost, config_cost, make_packs, pack_bytes
-from loradial.sweep_results import config_result, curves, lr_rank_fit, pick_best, sort_for_table, verdicts
-from loradial.sweep_runner import eval_steps
-from loradial.sweep_state import SweepDir, check_new_sweep_dir
+from loradial.sweeps.halving import adapter_steps, parse_fractions, rung_boundaries, survivors
+from loradial.sweeps.pack import GiB, ConfigCost, config_cost, make_packs, pack_bytes
+from loradial.sweeps.results import config_result, curves, lr_rank_fit, pick_best, sort_for_table, verdicts
+from loradial.sweeps.runner import eval_steps
+from loradial.sweeps.state import SweepDir, check_new_sweep_dir
 
 
 # --- halving ---------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_lr_rank_fit_only_with_several_lrs_per_rank():
 
 # --- directory rules -------------------------------------------------------------------------------
 def test_config_names_stay_safe_for_any_learning_rate():
-    from loradial.grid import config_name
+    from loradial.sweeps.grid import config_name
 
     assert config_name(4, 8, "lora", 1e30) == "r4-a8-lora-lr1e30"
     assert config_name(4, 8, "lora", 2.5e6) == "r4-a8-lora-lr2.5e6"

@@ -9,12 +9,12 @@ import peft
 import pytest
 import torch
 
-from loradial import evaluate as ev
-from loradial import truncation as tr
-from loradial.adapter import load_adapter
-from loradial.analyze import analyze
+from loradial.adapters import evaluate as ev
+from loradial.adapters import truncation as tr
+from loradial.adapters.format import load_adapter
+from loradial.adapters.analysis import analyze
 from loradial.errors import LoradialError
-from loradial.surgery import resize
+from loradial.adapters.surgery import resize
 from test_adapter_support import tokens
 from test_engine_fixtures import pc_records, save_tiny_model, tiny_llama, tiny_tokenizer, write_jsonl
 
@@ -164,8 +164,8 @@ def test_cli_json_report_and_errors(planted, cli, tmp_path):
             "budgeted_retained"} <= set(doc["truncation_curve"][1])
     assert doc["recommended_rank_data"] == 2 and "recommended_rank_spectrum" in doc and len(doc["scale_curve"]) == 2
     # the report package reads these names
-    from loradial.report.load import load_analysis
-    from loradial.report.plots import truncation_figure
+    from loradial.reports.load import load_analysis
+    from loradial.reports.plots import truncation_figure
 
     (tmp_path / "analysis.json").write_text(out)
     an = load_analysis(tmp_path, [])

@@ -70,9 +70,9 @@ def test_off_by_default(files, cli, calls, tmp_path, verb):
 
 
 def test_api_kwargs(files, calls, tmp_path):
-    from loradial.analyze import analyze
-    from loradial.evaluate import alpha_sweep
-    from loradial.surgery import merge
+    from loradial.adapters.analysis import analyze
+    from loradial.adapters.evaluate import alpha_sweep
+    from loradial.adapters.surgery import merge
 
     import loradial
 

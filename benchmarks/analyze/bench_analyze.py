@@ -51,7 +51,7 @@ def module_shapes(hidden: int, inter: int, kv: int) -> dict[str, tuple[int, int]
 
 def make_adapter(path: Path, layers: int, rank: int, shapes: dict[str, tuple[int, int]], seed: int = 0) -> None:
     """A PEFT-format LoRA adapter with trained-looking factors (decaying column scales in B), bf16."""
-    from loradial.adapter import Adapter, LoraModule, save_adapter
+    from loradial.adapters.format import Adapter, LoraModule, save_adapter
 
     g = torch.Generator().manual_seed(seed)
     decay = torch.exp(-torch.arange(rank, dtype=torch.float32) / (rank / 4))
@@ -113,8 +113,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.smoke:
         args.layers, args.rank, args.hidden, args.intermediate, args.kv = 2, 8, 256, 512, 64
-    from loradial.analyze import analyze
-    from loradial.spectrum import factored_svd
+    from loradial.adapters.analysis import analyze
+    from loradial.adapters.spectrum import factored_svd
 
     torch.set_num_threads(args.threads)
 
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     t_read = min(t_read, t_read_after)
 
     # dense reference: one module of each distinct shape, then extrapolated by the shape counts
-    from loradial.adapter import load_adapter
+    from loradial.adapters.format import load_adapter
 
     ad = load_adapter(path)
     first = {}  # one module per shape; (a, b) and (b, a) share a timing (svdvals of the transpose)

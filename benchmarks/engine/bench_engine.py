@@ -63,7 +63,7 @@ def shape_config(name: str, smoke: bool) -> dict:
     if smoke:
         return dict(SMOKE_SHAPE)
     try:
-        from loradial.models import load_config_dict
+        from loradial.models.resolve import load_config_dict
 
         cfg, _ = load_config_dict(name, allow_hub=False)
         return {k: v for k, v in cfg.items() if k not in ("architectures", "torch_dtype", "transformers_version", "_name_or_path")}
@@ -88,7 +88,7 @@ def build_model(cfg: dict, device: torch.device, dtype: torch.dtype, gc_on: bool
 
 def flops_per_token(model, configs, gc_on: bool) -> list[float]:
     """4·N (6·N with recompute) for the frozen base, N = parameters in matmuls; + 6·r·(d_in+d_out) per adapted module."""
-    from loradial.models import list_modules
+    from loradial.models.resolve import list_modules
 
     mods = list_modules(model)
     n_matmul = sum(m.d_in * m.d_out for m in mods if m.kind != "embedding")

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
-from loradial.memory import estimate_training_memory
-from loradial.models import ModelInfo, inspect_model, list_modules, matched_modules, to_pretrained_config
+from loradial.cost.memory import estimate_training_memory
+from loradial.models.info import ModelInfo
+from loradial.models.resolve import inspect_model, list_modules, to_pretrained_config
+from loradial.models.targets import matched_modules
 from loradial.spec import LoraSpec
 
 QV = ["q_proj", "v_proj"]
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     lines = [
-        "# LoRA training-step peak memory: measured vs `loradial.memory.estimate_training_memory`",
+        "# LoRA training-step peak memory: measured vs `loradial.cost.memory.estimate_training_memory`",
         "",
         f"- device: {dev_name}; torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}",
         f"- command: `python benchmarks/memory/measure.py {' '.join(argv if argv is not None else sys.argv[1:])}`",

@@ -72,7 +72,7 @@ def build_model(root: Path, model: str | None, smoke: bool, device: str, n_words
     """A model directory: ``--model DIR`` as is, else a random init of a bundled config (+ our tokenizer)."""
     from transformers import AutoModelForCausalLM
 
-    from loradial.models import load_config_dict, to_pretrained_config
+    from loradial.models.resolve import load_config_dict, to_pretrained_config
 
     tok = make_tokenizer(n_words)
     if model and Path(model).is_dir():
@@ -162,7 +162,7 @@ def hf_job(cfg: dict, model_dir: Path, train: Path, eval_: Path, out: Path, a: a
 
 # --- runs --------------------------------------------------------------------------------------------------
 def grid() -> list[dict]:
-    from loradial.grid import build_grid
+    from loradial.sweeps.grid import build_grid
 
     return [dict(name=c.name, r=c.r, lora_alpha=c.lora_alpha, learning_rate=c.learning_rate)
             for c in build_grid(list(RANKS), f"ratio:{','.join(map(str, RATIOS))}", ["lora"], ["all-linear"], list(LRS))]

@@ -30,7 +30,7 @@ def make_model(name: str, where: Path, device: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loradial.models import inspect_model, to_pretrained_config
+    from loradial.models.resolve import inspect_model, to_pretrained_config
 
     config = to_pretrained_config(inspect_model(name).config)
     with torch.device(device):

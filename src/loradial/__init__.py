@@ -3,61 +3,46 @@ singular spectrum of what you trained. Every CLI verb is one function here retur
 with ``to_dict()``.
 
 Imports are lazy so that ``import loradial`` (and the CLI) stays fast: ``loradial.plan`` loads
-torch-free code, verbs that train load torch only when called.
+torch-free code, verbs that train load torch only when called. No module or subpackage is named
+like a verb, so ``loradial.<verb>`` is always the function. The layers are drawn in
+docs/architecture.md and enforced by the import-linter contracts in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
-from .errors import LoradialError
+from loradial.errors import LoradialError
 
 __version__ = "0.1.0"
 
 #: public name -> module that defines it
 _API = {
-    "plan": "loradial.plan",
-    "list_models": "loradial.models",
-    "inspect_model": "loradial.models",
+    "plan": "loradial.cost.planning",
+    "list_models": "loradial.models.resolve",
+    "inspect_model": "loradial.models.resolve",
     "LoraSpec": "loradial.spec",
-    "recommend": "loradial.recommend",
-    "export_config": "loradial.export",
-    "export_sweep": "loradial.export",
+    "TrainSettings": "loradial.settings",
+    "SweepSettings": "loradial.settings",
+    "recommend": "loradial.advice.recommendation",
+    "export_config": "loradial.advice.export",
+    "export_sweep": "loradial.advice.export",
+    "diagnose": "loradial.advice.diagnosis",
     "train": "loradial.engine.train",
-    "sweep": "loradial.sweep",
-    "analyze": "loradial.analyze",
-    "resize": "loradial.surgery",
-    "rescale": "loradial.surgery",
-    "merge": "loradial.surgery",
-    "alpha_sweep": "loradial.evaluate",
-    "diagnose": "loradial.diagnose",
-    "demo": "loradial.demo",
-    "report": "loradial.report",
-    "load_adapter": "loradial.adapter",
-    "save_adapter": "loradial.adapter",
+    "sweep": "loradial.sweeps.api",
+    "analyze": "loradial.adapters.analysis",
+    "resize": "loradial.adapters.surgery",
+    "rescale": "loradial.adapters.surgery",
+    "merge": "loradial.adapters.surgery",
+    "alpha_sweep": "loradial.adapters.evaluate",
+    "load_adapter": "loradial.adapters.format",
+    "save_adapter": "loradial.adapters.format",
+    "report": "loradial.reports.api",
+    "demo": "loradial.flows.demo",
 }
 
 __all__ = ["LoradialError", "__version__", *_API]
-
-
-class _Package(types.ModuleType):
-    """Keeps ``loradial.<verb>`` the verb even after ``loradial.<verb>`` the module is imported.
-
-    Python binds a submodule as an attribute of its package on import; for verbs whose module has
-    the verb's name (plan, sweep, analyze, report, ...) that would shadow the function. The module
-    stays reachable through ``sys.modules`` / ``from loradial.sweep import ...``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API and isinstance(value, types.ModuleType) and value.__name__ == _API[name]:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,3 @@
-from .cli import main
+from loradial.cli import main
 
 main()

@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import LoradialError
+from loradial.errors import LoradialError
 
 IGNORE_INDEX = -100
 FORMATS = ("messages", "prompt_completion", "text")

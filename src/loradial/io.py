@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import LoradialError
+from loradial.errors import LoradialError
 
 
 def _umask() -> int:

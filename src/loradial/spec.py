@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any, Iterable, Sequence
 
-from .errors import LoradialError
+from loradial.errors import LoradialError
 
 ALL_LINEAR = "all-linear"
 

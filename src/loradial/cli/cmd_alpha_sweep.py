@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run, split_list
+from loradial.cli.common import JSON_OPTION, app, console, run, split_list
 
 
 @app.command("alpha-sweep")
@@ -29,7 +29,7 @@ def alpha_sweep_cmd(
 
     Example: loradial alpha-sweep ./my-adapter --model ./Llama-3.2-1B --data eval.jsonl --scales 0,0.5,1,1.5
     """
-    from .. import evaluate
+    from loradial.adapters import evaluate
 
     def render(res: evaluate.AlphaSweepResult) -> None:
         t = Table(title=f"{res.n_examples} examples, {res.n_tokens:,} label tokens")

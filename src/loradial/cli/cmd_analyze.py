@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run, short_types, split_list
+from loradial.cli.common import JSON_OPTION, app, console, run, short_types, split_list
 
 
 def _f(x, fmt="{:.2f}") -> str:
@@ -42,7 +42,7 @@ def analyze_cmd(
 
     Example: loradial analyze ./my-adapter --model ./Llama-3.2-1B --data eval.jsonl --scales 0.5,1,1.25
     """
-    from ..analyze import AnalyzeResult, analyze
+    from loradial.adapters.analysis import AnalyzeResult, analyze
 
     def render(res: AnalyzeResult) -> None:
         kind = "DoRA" if res.use_dora else ("rsLoRA" if res.use_rslora else "LoRA")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 
 def render(res) -> None:
@@ -41,6 +41,6 @@ def demo_cmd(
 
     Example: loradial demo --out loradial-demo
     """
-    from ..demo import demo
+    from loradial.flows.demo import demo
 
     run(lambda: demo(out, steps=steps, threads=threads, progress=True), as_json, render)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 _STYLE = {"healthy": "green", "too_few_steps": "yellow", "underfitting": "yellow",
           "overfitting": "red", "memorizing": "red", "unstable": "bold red"}
@@ -46,6 +46,6 @@ def diagnose_cmd(
 
     Example: loradial diagnose out/checkpoint-500/trainer_state.json
     """
-    from ..diagnose import diagnose
+    from loradial.advice.diagnosis import diagnose
 
     run(lambda: diagnose(log, config=config, rules_file=rules), as_json, _render)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import JSON_OPTION, app, console, run
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 
 def show_export(result, as_json: bool = False) -> None:
@@ -35,8 +35,8 @@ def export_cmd(
 
     Example: loradial export runs/sweep1 --best --format axolotl --out lora.yaml
     """
-    from ..errors import LoradialError
-    from ..export import export_sweep
+    from loradial.errors import LoradialError
+    from loradial.advice.export import export_sweep
 
     def call():
         if not best and config is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import JSON_OPTION, app, console, run
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 
 @app.command("merge")
@@ -25,7 +25,7 @@ def merge_cmd(
 
     Example: loradial merge ./my-adapter --model ./Llama-3.2-1B --out ./merged
     """
-    from .. import surgery
+    from loradial.adapters import surgery
 
     def render(res: surgery.MergeResult) -> None:
         console.print(f"merged {res.n_modules} modules into {res.out} ({res.dtype}): {', '.join(res.files)}")

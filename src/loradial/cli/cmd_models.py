@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .. import models as _models
-from .common import JSON_OPTION, app, console, run
+from loradial.models import resolve as _models
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 
 @app.command("models")

@@ -6,8 +6,8 @@ from typing import Any, List, Optional
 
 import typer
 
-from ..errors import LoradialError
-from .common import JSON_OPTION, app, console, run, split_list
+from loradial.errors import LoradialError
+from loradial.cli.common import JSON_OPTION, app, console, run, split_list
 
 GiB, MB = 1024**3, 1e6
 PATTERN_HINT = "e.g. --rank-pattern q_proj=4,v_proj=8 or '{\"q_proj\": 4}': regex keys, positive values (whole ranks)"
@@ -123,7 +123,7 @@ def plan_cmd(
     """
 
     def call():
-        from ..plan import DEFAULT_TARGETS, plan
+        from loradial.cost.planning import DEFAULT_TARGETS, plan
 
         try:
             return plan(

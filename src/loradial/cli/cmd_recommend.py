@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 
 def _render(res) -> None:
@@ -70,7 +70,7 @@ def recommend_cmd(
 
     Example: loradial recommend --model llama-3.1-8b --task standard --examples 20000 --gpu-memory 24 --export axolotl
     """
-    from ..recommend import recommend
+    from loradial.advice.recommendation import recommend
 
     run(lambda: recommend(model, task, examples, tokens, gpu_memory=gpu_memory, seq_len=seq_len,
                           lr_rank_exponent=lr_rank_exponent, rules_file=rules, export=export, export_out=out),

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import JSON_OPTION, app, console, run
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 
 @app.command("report")
@@ -23,7 +23,7 @@ def report_cmd(
 
     Example: loradial report runs/sweep --out sweep-report.html
     """
-    from ..report import report
+    from loradial.reports.api import report
 
     def render(result) -> None:
         console.print(f"[bold green]report written:[/] {result.path}", soft_wrap=True)

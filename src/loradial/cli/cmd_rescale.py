@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import JSON_OPTION, app, console, run
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 
 @app.command("rescale")
@@ -27,7 +27,7 @@ def rescale_cmd(
 
     Example: loradial rescale ./my-adapter --scale 0.5 --out ./my-adapter-half
     """
-    from .. import surgery
+    from loradial.adapters import surgery
 
     def render(res: surgery.RescaleResult) -> None:
         fs = sorted(set(res.factors.values()))

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run, short_types
+from loradial.cli.common import JSON_OPTION, app, console, run, short_types
 
 
 @app.command("resize")
@@ -27,7 +27,7 @@ def resize_cmd(
 
     Example: loradial resize ./my-adapter --rank 8 --out ./my-adapter-r8
     """
-    from .. import surgery
+    from loradial.adapters import surgery
 
     def render(res: surgery.ResizeResult) -> None:
         t = Table(title=f"resized ({res.mode}) → {res.out}")

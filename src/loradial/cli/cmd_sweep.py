@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_OPTION, app, console, run, split_list
+from loradial.cli.common import JSON_OPTION, app, console, run, split_list
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -19,8 +19,8 @@ def _fmt(x, digits: int = 4) -> str:
 
 
 def render(result) -> None:
-    from ..sweep_pack import fmt_bytes
-    from ..sweep_results import sort_for_table
+    from loradial.sweeps.pack import fmt_bytes
+    from loradial.sweeps.results import sort_for_table
 
     halving = result.settings.get("halving_boundaries")
     title = f"sweep {result.out}: {len(result.configs)} configs in {result.n_packs} pack(s)"
@@ -89,10 +89,10 @@ def sweep_cmd(
 
     Example: loradial sweep --model ./my-model --data train.jsonl --ranks 8,16,32 --alphas ratio:1,2 --steps 200 --halving --out sweep1
     """
-    from ..sweep import sweep as run_sweep
+    from loradial.sweeps.api import sweep as run_sweep
 
     def call():
-        from ..errors import LoradialError
+        from loradial.errors import LoradialError
 
         if resume:
             return run_sweep(out=resume, resume=True, devices=split_list(devices) or None, ray=ray,

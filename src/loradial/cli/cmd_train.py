@@ -7,8 +7,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..errors import LoradialError
-from .common import JSON_OPTION, app, console, run
+from loradial.errors import LoradialError
+from loradial.cli.common import JSON_OPTION, app, console, run
 
 
 def _fmt(x) -> str:
@@ -54,7 +54,7 @@ def train_cmd(
 
     Example: loradial train --model ./my-model --data train.jsonl --rank 16 --alpha 32 --targets all-linear --lr 2e-4 --steps 500 --batch-size 8 --out runs/r16
     """
-    from .. import train
+    from loradial import train
 
     def call():
         if resume is None:

@@ -6,16 +6,12 @@ Human output and progress go to stderr; stdout carries only the ``--json`` docum
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, Callable
 
 import typer
-from rich.console import Console, ConsoleDimensions
-from rich.measure import Measurement
-from rich.table import Table
-
-from ..errors import LoradialError
+from loradial.console import console
+from loradial.errors import LoradialError
 
 app = typer.Typer(
     name="loradial",
@@ -25,49 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-
-#: Width of human output when stderr is not a terminal (nohup, SLURM logs, CI) and $COLUMNS is unset.
-LOG_WIDTH = 200
-
-
-def log_width() -> int:
-    """$COLUMNS if set to a number, else ``LOG_WIDTH``: Rich's fallback of 80 truncates table cells."""
-    cols = os.environ.get("COLUMNS", "")
-    return int(cols) if cols.isdigit() and int(cols) > 0 else LOG_WIDTH
-
-
-class _Console(Console):
-    """A rich Console that, when its stream is not a terminal, is ``log_width()`` wide and widens
-    to fit any table it prints, so no cell is ever cut to '…'. On a terminal it is rich's own."""
-
-    @property
-    def size(self) -> ConsoleDimensions:
-        size = Console.size.fget(self)
-        if self._width is None and not self.is_terminal:
-            return ConsoleDimensions(log_width(), size.height)
-        return size
-
-    @size.setter
-    def size(self, new_size: tuple[int, int]) -> None:
-        Console.size.fset(self, new_size)
-
-    def print(self, *objects: Any, **kwargs: Any) -> None:
-        if kwargs.get("width") is None and not self.is_terminal:
-            tables = [o for o in objects if isinstance(o, Table)]
-            if tables:
-                wide = self.options.update_width(10**5)
-                need = max(Measurement.get(self, wide, t).maximum for t in tables)
-                if need > self.width:  # print(width=) can only narrow: widen the console for this call
-                    old, self._width = self._width, need
-                    try:
-                        return super().print(*objects, **kwargs)
-                    finally:
-                        self._width = old
-        super().print(*objects, **kwargs)
-
-
-#: Human-readable output (tables, summaries, progress) goes here.
-console = _Console(stderr=True, highlight=False)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout (with schema_version).")
 
@@ -118,14 +71,6 @@ def short_types(names: list[str]) -> dict[str, str]:
     return short if len(set(short.values())) == len(names) else {n: n for n in names}
 
 
-def wrap_errors(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` and turn a LoradialError into the CLI's one-line error and exit code."""
-    try:
-        return fn()
-    except LoradialError as err:
-        fail(err)
-
-
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
@@ -133,7 +78,7 @@ def _root(
 ) -> None:
     """loradial: exact LoRA costs, multi-adapter sweeps, and the spectrum of trained adapters."""
     if version:
-        from .. import __version__
+        from loradial import __version__
 
         typer.echo(__version__)
         raise typer.Exit(0)

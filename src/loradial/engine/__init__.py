@@ -4,10 +4,13 @@
 ``loss`` the chunked output-head loss; ``optim`` the per-adapter AdamW; ``batching`` the data order;
 ``checkpoint`` the resumable state; ``session`` a run on disk (``open_session``, ``train_many``);
 ``train`` the ``loradial train`` verb.
+
+May import: adapters (to save what it trains), models, data, the basics. Never sweeps, advice,
+reports, flows or cli.
 """
 
-from .config import AdapterConfig, lr_factor
-from .session import TrainResult, TrainSession, open_session, train_many
-from .trainer import Engine
+from loradial.engine.config import AdapterConfig, lr_factor
+from loradial.engine.session import TrainResult, TrainSession, open_session, train_many
+from loradial.engine.trainer import Engine
 
 __all__ = ["AdapterConfig", "Engine", "TrainResult", "TrainSession", "lr_factor", "open_session", "train_many"]

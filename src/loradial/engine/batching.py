@@ -48,7 +48,7 @@ class Batch:
 
 def make_batch(examples: list[dict], pad_token_id: int | None, device: torch.device, multiple: int | None = None) -> Batch:
     """Collate on the CPU and find the label positions there (labels shift by one: position t predicts t+1)."""
-    from ..data import IGNORE_INDEX, collate
+    from loradial.data import IGNORE_INDEX, collate
 
     b = collate(examples, pad_token_id, multiple)
     ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]

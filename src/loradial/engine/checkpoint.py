@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoradialError
-from ..io import atomic_dir, atomic_write_json, read_json
+from loradial.errors import LoradialError
+from loradial.io import atomic_dir, atomic_write_json, read_json
 
 FORMAT = 1
 DIRNAME = "checkpoint"
@@ -75,6 +75,6 @@ def truncate_metrics(path: str | Path, step: int) -> None:
                 keep.append(line + "\n")
         except json.JSONDecodeError:  # a line cut by the kill
             continue
-    from ..io import atomic_write_text
+    from loradial.io import atomic_write_text
 
     atomic_write_text(path, "".join(keep))

@@ -8,8 +8,8 @@ import math
 import re
 from typing import Any
 
-from ..errors import LoradialError
-from ..spec import LoraSpec
+from loradial.errors import LoradialError
+from loradial.spec import LoraSpec
 
 SCHEDULES = ("cosine", "linear", "constant")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -183,7 +183,7 @@ class MultiLoraLayer(_MultiBase):
             return y
         if len(self._segments) == 1:  # one bucket over all slices: autograd is as lean, with less Python
             return self._autograd(x, y)
-        from .fused import MultiLoraFunction
+        from loradial.engine.fused import MultiLoraFunction
 
         if y._is_view():  # GPT-2 Conv1D returns addmm(...).view(...): an in-place update needs a non-view
             y = torch.ops.aten._unsafe_view(y, y.shape)
@@ -208,7 +208,7 @@ class MultiLoraLayer(_MultiBase):
             if xg.dtype != dt:
                 xg = xg.to(dt)
             if self.training and b.any_dropout:
-                from .fused import dropout
+                from loradial.engine.fused import dropout
 
                 xg = dropout(xg, b)[0]
             As, Bd = b.scaled_A(dt), b.B_as(dt)  # (G, d_in, r), (G, r, d_out)

@@ -63,7 +63,7 @@ class OutputHead:
     def __init__(self, model, chunk_tokens: int | None = None):
         head = model.get_output_embeddings()
         if head is None or not hasattr(head, "weight"):
-            from ..errors import runtime_failure
+            from loradial.errors import runtime_failure
 
             raise runtime_failure(f"{type(model).__name__} has no output head the engine can use")
         self.module = head
@@ -103,7 +103,7 @@ class OutputHead:
     @torch.no_grad()
     def check(self, model, hidden, ids: list[int], autocast) -> None:
         """Our head must give the model's own logits on a short input (catches heads with other transforms)."""
-        from ..errors import runtime_failure
+        from loradial.errors import runtime_failure
 
         x = torch.tensor([ids], device=self.module.weight.device)
         was_training = model.training

@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoradialError, runtime_failure
-from ..io import atomic_write_json, check_output_dir
-from ..result import Result
-from .checkpoint import load_checkpoint, save_checkpoint, truncate_metrics
-from .config import AdapterConfig
+from loradial.errors import LoradialError, runtime_failure
+from loradial.io import atomic_write_json, check_output_dir
+from loradial.result import Result
+from loradial.engine.checkpoint import load_checkpoint, save_checkpoint, truncate_metrics
+from loradial.engine.config import AdapterConfig
 
 DTYPES = ("auto", "bf16", "fp32")
 _OUR_FILES = ("metrics.jsonl", "checkpoint", "adapters", "train_result.json")
@@ -82,7 +82,7 @@ def load_model(model: str, *, dtype: str = "auto", load_in_4bit: bool = False, d
 
 def _examples(data, tokenizer, max_len, eval_data, eval_fraction, packing, seed):
     """Tokenized (train, eval): pre-tokenized lists pass through; paths and records go through loradial.data."""
-    from ..data import load_dataset
+    from loradial.data import load_dataset
 
     def tokenized(x) -> bool:
         return isinstance(x, list) and bool(x) and isinstance(x[0], dict) and "input_ids" in x[0]
@@ -121,7 +121,7 @@ class TrainSession:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from ..cli.common import console
+        from loradial.console import console
 
         with Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
@@ -138,7 +138,7 @@ class TrainSession:
 
     def finish(self) -> TrainResult:
         """Final eval, final checkpoint (with --save-every), every adapter saved in PEFT format."""
-        from ..adapter import save_adapter
+        from loradial.adapters.format import save_adapter
 
         e = self.engine
         e.flush()
@@ -178,7 +178,7 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
     ``overwrite=True`` the previous run's files are removed only once the new session is built, so
     bad input leaves the old run intact. ``trust_remote_code`` reaches ``from_pretrained`` (off by default).
     """
-    from .trainer import Engine
+    from loradial.engine.trainer import Engine
 
     out = Path(out).expanduser()
     meta = tensors = None
@@ -204,7 +204,7 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
         if save_every is not None and save_every < 1:
             raise LoradialError(f"--save-every must be >= 1, got {save_every}")
         if isinstance(data, (str, Path)):
-            from ..data import load_records
+            from loradial.data import load_records
 
             load_records(data)  # fail on bad data before loading a model
     run = {"model": model if isinstance(model, str) else None, "data": str(data) if isinstance(data, (str, Path)) else None,

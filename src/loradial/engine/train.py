@@ -11,25 +11,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoradialError
-from ..spec import LoraSpec
-from .config import AdapterConfig
-from .session import TrainResult, train_many
+from loradial.errors import LoradialError
+from loradial.spec import LoraSpec
+from loradial.engine.config import AdapterConfig
+from loradial.engine.session import TrainResult, train_many
 
 __all__ = ["train", "train_many", "TrainResult", "model_info"]
 
 
 def model_info(model, trust_remote_code: bool = False):
     """ModelInfo for a model directory / bundled name / Hub id (meta build) or a loaded model."""
-    from .. import models
+    from loradial.models.info import ModelInfo
+    from loradial.models.resolve import inspect_model, list_modules
 
     if isinstance(model, (str, Path)):
-        return models.inspect_model(str(model), trust_remote_code=trust_remote_code)
-    mods = models.list_modules(model)
+        return inspect_model(str(model), trust_remote_code=trust_remote_code)
+    mods = list_modules(model)
     cfg = model.config.to_dict() if hasattr(model, "config") else {}
-    return models.ModelInfo(getattr(model, "name_or_path", type(model).__name__) or type(model).__name__, "local", cfg,
-                            mods, sum(p.numel() for p in model.parameters()),
-                            bool(cfg.get("tie_word_embeddings", False)))
+    return ModelInfo(getattr(model, "name_or_path", type(model).__name__) or type(model).__name__, "local", cfg,
+                     mods, sum(p.numel() for p in model.parameters()),
+                     bool(cfg.get("tie_word_embeddings", False)))
 
 
 def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora: bool = False, use_dora: bool = False,
@@ -56,7 +57,7 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
         raise LoradialError("model and data are required", "pass --model and --data")
     if (steps is None) == (epochs is None):
         raise LoradialError("give exactly one of steps and epochs", "use --steps N or --epochs E")
-    from ..models import resolve_targets
+    from loradial.models.targets import resolve_targets
 
     needs_info = isinstance(targets, str) and targets.strip() in ("attention", "mlp")
     target_modules = resolve_targets(targets, model_info(model, trust_remote_code)) if needs_info else resolve_targets(targets, None)

@@ -24,12 +24,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import LoradialError, runtime_failure
-from .config import AdapterConfig, peft_config_dict
-from .layers import Bucket, SliceLora, choose_overhead, peft_init, plan_buckets, set_submodule, wrap_module
-from .batching import Batch, DataStream, make_batch
-from .loss import OutputHead
-from .optim import AdapterOptimizer
+from loradial.errors import LoradialError, runtime_failure
+from loradial.engine.config import AdapterConfig, peft_config_dict
+from loradial.engine.layers import Bucket, SliceLora, choose_overhead, peft_init, plan_buckets, set_submodule, wrap_module
+from loradial.engine.batching import Batch, DataStream, make_batch
+from loradial.engine.loss import OutputHead
+from loradial.engine.optim import AdapterOptimizer
 
 
 class Engine:
@@ -41,7 +41,7 @@ class Engine:
                  seed: int = 0, eval_batch_size: int | None = None, bucket_overhead: float | str = "auto",
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, loss_chunk_tokens: int | None = None,
                  metrics_path=None, base_model_name: str | None = None, check_head: bool = True):
-        from ..models import list_modules
+        from loradial.models.resolve import list_modules
 
         if not adapters:
             raise LoradialError("no adapter to train")
@@ -240,7 +240,7 @@ class Engine:
 
     def export_adapter(self, name: str):
         """Adapter ``name`` as a ``loradial.adapter.Adapter`` (PEFT format, CPU float32 tensors)."""
-        from ..adapter import Adapter, LoraModule
+        from loradial.adapters.format import Adapter, LoraModule
 
         cfg, st = self.configs[name], self.export_state(name, optimizer=False)
         modules = {}

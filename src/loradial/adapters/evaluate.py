@@ -1,0 +1,368 @@
+"""Evaluate base + adapter without PEFT layers: our own factors applied by forward hooks, swappable.
+
+``AdapterHooks`` puts a forward hook on every adapted module of a frozen base model that adds the
+LoRA output computed from factors we hold (PEFT's forward, ``peft/tuners/lora/layer.py``):
+
+    Linear / Conv1D:  y = base(x) + c·s · B (A x)  (+ c·s·b with lora_bias)
+    Embedding:        y = base(ids) + c·s · (Aᵀ[ids]) Bᵀ
+    DoRA (Liu et al. 2024, arXiv:2402.09353; PEFT dora.py), with V = W + c·s·B·A (linear orientation)
+    and n = ‖V‖ per output row:   y = base(x) + (m/n − 1) ⊙ W x + (m/n) ⊙ c·s·B(Ax)
+
+where c is a strength multiplier (``set_multiplier``; c multiplies s exactly like PEFT's
+``rescale_adapter_scale``, so c = 0 is the base model for LoRA, while for DoRA the magnitude
+renormalization m/‖W‖ remains; ``enabled = False`` gives the base model). ``set_modules`` swaps the factors (e.g. every
+module truncated to rank k, ``spectrum.best_rank_k``) without reloading anything, so a scale sweep
+(``alpha_sweep``) and a truncation curve share one load and one code path.
+
+``eval_loss`` runs the backbone once per batch and applies the output head to the label positions in
+chunks, so full fp32 logits for all tokens never exist at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from loradial.adapters.format import Adapter, LoraModule, load_adapter
+from loradial.errors import LoradialError
+from loradial.result import Result
+
+LOSS_CHUNK = 1024  # label tokens per output-head chunk
+
+
+# --- the base model --------------------------------------------------------------------------
+def check_model_dir(path: str | Path) -> Path:
+    """A local model directory with config.json and safetensors weights, or a clean error."""
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise LoradialError(f"no model at {path} (config.json missing)", "--model takes a local model directory with weights")
+    if not any(path.glob("*.safetensors")):
+        raise LoradialError(f"no safetensors weights in {path}", "save the model with save_pretrained (safetensors)")
+    return path
+
+
+def load_base_model(path: str | Path, dtype: Any = None, device: Any = None, trust_remote_code: bool = False):
+    """A causal LM from a local directory (safetensors only; remote code only with ``trust_remote_code``), eval mode, frozen."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = check_model_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto", use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise LoradialError(f"could not load the model at {path}: {str(e).splitlines()[0][:200]}",
+                            "check that it is a Hugging Face causal LM saved with save_pretrained") from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def locate(model, m: LoraModule):
+    """The base module of adapter module ``m`` in ``model``, with its weight shape checked."""
+    import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        mod = model.get_submodule(m.name)
+    except AttributeError:
+        raise LoradialError(f"the model has no module {m.name}", "is this the base model the adapter was trained on?") from None
+    expected = {nn.Linear: ((m.d_out, m.d_in), "linear"), Conv1D: ((m.d_in, m.d_out), "conv1d"),
+                nn.Embedding: ((m.d_in, m.d_out), "embedding")}
+    for cls, (shape, kind) in expected.items():
+        if isinstance(mod, cls):
+            if (kind == "embedding") != (m.kind == "embedding") or tuple(mod.weight.shape) != shape:
+                raise LoradialError(
+                    f"module {m.name}: base weight {tuple(mod.weight.shape)} ({kind}) does not fit the adapter's "
+                    f"{m.kind} factors A {tuple(m.A.shape)}, B {tuple(m.B.shape)}",
+                    "is this the base model the adapter was trained on (vocabulary resized?)",
+                )
+            return mod, kind
+    raise LoradialError(f"module {m.name} is a {type(mod).__name__}, which loradial cannot adapt", "only Linear, Conv1D, Embedding")
+
+
+def linear_weight(mod, kind: str):
+    """The base weight in linear orientation (d_out, d_in) (a view)."""
+    return mod.weight if kind == "linear" else mod.weight.T
+
+
+# --- hooks -----------------------------------------------------------------------------------
+class AdapterHooks:
+    """Apply a LoRA adapter's factors to a frozen model through forward hooks (see module docstring)."""
+
+    def __init__(self, model, adapter: Adapter | dict[str, LoraModule]):
+        self.model = model
+        self.multiplier = 1.0
+        self.enabled = True
+        """False: hooks pass the base output through unchanged (the base model)."""
+        self._handles: list[Any] = []
+        self._state: dict[str, dict[str, Any]] = {}
+        modules = adapter.modules if isinstance(adapter, Adapter) else adapter
+        self.set_modules(modules)
+        for name, st in self._state.items():
+            self._handles.append(st["module"].register_forward_hook(self._hook(name)))
+
+    # state ----------------------------------------------------------------------------------
+    def set_modules(self, modules: dict[str, LoraModule]) -> None:
+        """(Re)place the factors; module set must stay the same after the first call."""
+        if self._state and set(modules) != set(self._state):
+            raise ValueError("set_modules must cover the same modules as before")
+        for name, m in modules.items():
+            mod, kind = locate(self.model, m)
+            w = mod.weight
+            st = {"module": mod, "kind": kind, "scale": float(m.scale),
+                  "A": m.A.to(device=w.device, dtype=w.dtype), "B": m.B.to(device=w.device, dtype=w.dtype),
+                  "bias": None if m.bias is None else m.bias.to(device=w.device, dtype=w.dtype),
+                  "magnitude": None if m.magnitude is None else m.magnitude.to(device=w.device, dtype=w.dtype)}
+            self._state[name] = st
+        self._refresh_dora()
+
+    def set_multiplier(self, c: float) -> None:
+        """Multiply every module's scale s by ``c`` (0 = base model, 1 = the adapter as trained)."""
+        self.multiplier = float(c)
+        self._refresh_dora()
+
+    def _refresh_dora(self) -> None:
+        import torch
+
+        for st in self._state.values():
+            if st["magnitude"] is None:
+                continue
+            W = linear_weight(st["module"], st["kind"]).float()
+            V = W + (self.multiplier * st["scale"]) * (st["B"].float() @ st["A"].float())
+            st["dora_factor"] = (st["magnitude"].float() / torch.linalg.vector_norm(V, dim=1)).to(W.dtype)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "AdapterHooks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    # forward --------------------------------------------------------------------------------
+    def _hook(self, name: str):
+        import torch.nn.functional as F
+
+        def hook(module, args, output):
+            if not self.enabled:
+                return output
+            st = self._state[name]
+            s = self.multiplier * st["scale"]
+            x = args[0]
+            if st["kind"] == "embedding":
+                lora = F.embedding(x, st["A"].T) @ st["B"].T
+                if hasattr(module, "embed_scale"):  # scaled embeddings (Gemma): PEFT scales the LoRA part too
+                    lora = lora * module.embed_scale.to(lora.dtype)
+                if st["magnitude"] is None:
+                    return output + s * lora.to(output.dtype)
+                f = st["dora_factor"].to(output.dtype)
+                return output * f + f * (s * lora).to(output.dtype)
+            xa = x.to(st["A"].dtype)
+            lora = (xa @ st["A"].T) @ st["B"].T
+            if st["bias"] is not None:
+                lora = lora + st["bias"]
+            if st["magnitude"] is None:
+                return output + (s * lora).to(output.dtype)
+            f = st["dora_factor"].to(output.dtype)
+            bias = getattr(module, "bias", None)
+            base = output if bias is None else output - bias
+            return output + (f - 1) * base + f * (s * lora).to(output.dtype)
+
+        return hook
+
+
+# --- loss ------------------------------------------------------------------------------------
+def _head_transform(model):
+    """Post-head logit transforms some architectures apply inside forward (soft-capping, scaling)."""
+    cfg = model.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+
+    def f(logits):
+        if scale is not None:
+            logits = logits * scale
+        if cap:
+            import torch
+
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return f
+
+
+def eval_loss(model, batches: Iterable[dict[str, Any]]) -> tuple[float, float, int]:
+    """(mean token loss, token accuracy, number of label tokens) of a causal LM on ``batches``
+    (dicts with input_ids, attention_mask, labels; labels -100 are ignored; next-token shift).
+
+    The loss is summed over label tokens and divided once at the end (the same as one big
+    cross-entropy). The backbone's last hidden states go through the output head in chunks of
+    ``LOSS_CHUNK`` label tokens, so fp32 logits exist for at most that many tokens at a time.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    head = model.get_output_embeddings()
+    backbone = model.base_model if model.base_model is not model else None
+    if head is None or backbone is None:
+        raise LoradialError("the model has no separate output head", "alpha-sweep needs a causal LM")
+    post = _head_transform(model)
+    device = head.weight.device
+    total, correct, n = 0.0, 0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            ids = batch["input_ids"].to(device)
+            mask = batch.get("attention_mask")
+            mask = None if mask is None else mask.to(device)
+            labels = batch["labels"].to(device)
+            hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
+            h = hidden[:, :-1]
+            y = labels[:, 1:]
+            keep = y != -100
+            h, y = h[keep], y[keep]  # (N, C), (N,)
+            for i in range(0, y.shape[0], LOSS_CHUNK):
+                logits = post(head(h[i:i + LOSS_CHUNK])).float()
+                total += float(F.cross_entropy(logits, y[i:i + LOSS_CHUNK], reduction="sum"))
+                correct += int((logits.argmax(-1) == y[i:i + LOSS_CHUNK]).sum())
+            n += int(y.shape[0])
+    if n == 0:
+        raise LoradialError("the evaluation data has no label tokens", "check the data file and its prompt/response fields")
+    return total / n, correct / n, n
+
+
+# --- alpha-sweep -----------------------------------------------------------------------------
+@dataclasses.dataclass
+class AlphaSweepResult(Result):
+    adapter: str
+    model: str
+    data: str
+    n_examples: int
+    n_tokens: int
+    scales: list[float]
+    losses: list[float]
+    accuracies: list[float]
+    best_scale: float
+    best_loss: float
+    loss_at_1: float | None
+    notes: list[str]
+
+
+def _batches(examples: Sequence[dict], pad_id: int, batch_size: int):
+    from loradial import data
+
+    for i in range(0, len(examples), batch_size):
+        yield data.collate(list(examples[i:i + batch_size]), pad_id)
+
+
+def _load_examples(path: str | Path, tokenizer, max_len: int, max_examples: int | None):
+    try:
+        from loradial import data
+    except ImportError:  # pragma: no cover - data.py comes with the engine
+        raise LoradialError("loradial.data is not available", "install loradial with its training extras") from None
+    records = data.load_records(path)
+    if max_examples is not None:
+        records = records[:max_examples]
+    examples = data.tokenize_records(records, tokenizer, max_len)
+    if not examples:
+        raise LoradialError(f"no usable examples in {path}", "check the data file")
+    return examples
+
+
+@dataclasses.dataclass
+class EvalSession:
+    """A frozen base model loaded once, its tokenized evaluation examples and how to batch them."""
+
+    model: Any
+    examples: list[dict]
+    pad_id: int
+    batch_size: int
+
+    def evaluate(self) -> tuple[float, float, int]:
+        """(mean token loss, token accuracy, label tokens) of the model as it is now (hooks included)."""
+        return eval_loss(self.model, _batches(self.examples, self.pad_id, self.batch_size))
+
+
+def open_eval_session(model: str | Path, data: str | Path, max_len: int = 512, batch_size: int = 8,
+                 max_examples: int | None = None, device: str | None = None, trust_remote_code: bool = False) -> EvalSession:
+    """Tokenizer, examples and the base model from ``model`` (one ``from_pretrained``)."""
+    from transformers import AutoTokenizer
+
+    if batch_size < 1 or max_len < 2:
+        raise LoradialError(f"--batch-size must be ≥ 1 and --max-len ≥ 2 (got {batch_size}, {max_len})")
+    model_path = check_model_dir(model)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise LoradialError(f"no usable tokenizer in {model_path} ({type(e).__name__})", "--model needs its tokenizer files") from None
+    examples = _load_examples(data, tok, max_len, max_examples)
+    base = load_base_model(model_path, device=device, trust_remote_code=trust_remote_code)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    return EvalSession(base, examples, pad, batch_size)
+
+
+def check_scales(scales: Sequence[float]) -> list[float]:
+    scales = [float(c) for c in scales]
+    if not scales or any(not math.isfinite(c) for c in scales):
+        raise LoradialError(f"invalid --scales {scales}", "e.g. --scales 0,0.5,1,1.5")
+    return scales
+
+
+def scale_curve(session: EvalSession, hooks: AdapterHooks, scales: Sequence[float],
+                step: Any = None) -> tuple[list[float], list[float], int]:
+    """(losses, accuracies, label tokens) of base + c·(the hooks' current factors) for each c in ``scales``;
+    the multiplier is reset to 1 afterwards. ``step()`` is called after each evaluation (progress)."""
+    losses, accs, n_tok = [], [], 0
+    try:
+        for c in scales:
+            hooks.set_multiplier(c)
+            loss, acc, n_tok = session.evaluate()
+            losses.append(loss)
+            accs.append(acc)
+            if step is not None:
+                step()
+    finally:
+        hooks.set_multiplier(1.0)
+    return losses, accs, n_tok
+
+
+DORA_SCALE_NOTE = "DoRA: at each scale the magnitude renormalization is recomputed; the output is not linear in the scale"
+
+
+def alpha_sweep(
+    adapter: str | Path,
+    model: str | Path,
+    data: str | Path,
+    scales: Sequence[float] = (0, 0.25, 0.5, 0.75, 1, 1.25, 1.5),
+    max_len: int = 512,
+    batch_size: int = 8,
+    max_examples: int | None = None,
+    allow_pickle: bool = False,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> AlphaSweepResult:
+    """Eval loss and token accuracy of base + c·(adapter) for each c in ``scales``, loading once.
+
+    c multiplies every module's s, as PEFT's ``rescale_adapter_scale`` does (c = 0 is the base
+    model). For DoRA the magnitude renormalization is recomputed at each c (not linear in c).
+    ``trust_remote_code``: let ``from_pretrained`` run the model directory's own code (off unless asked).
+    """
+    scales = check_scales(scales)
+    ad = load_adapter(adapter, allow_pickle=allow_pickle)
+    session = open_eval_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
+    notes = [DORA_SCALE_NOTE] if ad.use_dora else []
+    with AdapterHooks(session.model, ad) as hooks:
+        losses, accs, n_tok = scale_curve(session, hooks, scales)
+    best = min(range(len(scales)), key=lambda i: losses[i])
+    return AlphaSweepResult(
+        adapter=str(adapter), model=str(model), data=str(data), n_examples=len(session.examples), n_tokens=n_tok,
+        scales=scales, losses=losses, accuracies=accs, best_scale=scales[best], best_loss=losses[best],
+        loss_at_1=losses[scales.index(1.0)] if 1.0 in scales else None, notes=notes,
+    )

@@ -1,0 +1,156 @@
+"""``loradial.sweep``: which rank / alpha / variant / learning rate is best on *your* data?
+
+Every config of the grid (``loradial.grid``) trains on one frozen base through the multi-adapter
+engine: configs are grouped into packs that fit the device (``sweep_pack``), each pack trains its
+adapters side by side, each on its own slice of every batch, and the packs run one after another
+on one device or one per device. With ``halving`` the budget is cut into rungs
+(``loradial.halving``): after each rung all surviving configs are compared by eval loss at the same
+step and the worse half stops; the survivors are packed again, so their freed batch slots are
+reused. The run is durable (``sweep_state``): a ``kill -9`` at any moment and ``--resume`` end with
+the same results.json and adapters as an uninterrupted run.
+
+Run order: for each rung, for each pack of the configs alive at that rung, one *segment* trains the
+pack from the rung's start step to its end step, evaluates, and checkpoints every member
+separately; then, between rungs, the halving decision; at the end, results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from loradial.errors import LoradialError
+from loradial.result import Result
+from loradial.sweeps.state import SweepDir, check_new_sweep_dir, create_sweep_dir, open_sweep_dir
+
+SETTINGS_VERSION = 1
+
+
+@dataclasses.dataclass
+class SweepResult(Result):
+    """What results.json holds: one entry per config, the best one, and the LR-rank fit."""
+
+    out: str
+    best: str | None
+    configs: list[dict[str, Any]]
+    lr_rank_fit: dict[str, Any] | None
+    n_packs: int
+    """Packs the full grid needed (the first rung's; later rungs re-pack the survivors)."""
+    packs: list[list[list[str]]]
+    """Per rung, the packs (lists of config names) that trained in it."""
+    settings: dict[str, Any]
+    devices: list[str]
+    wall_seconds: float
+    resumed: bool = False
+
+
+def sweep(
+    model: str | None = None,
+    data: str | None = None,
+    *,
+    out: str | Path,
+    ranks: Sequence[int] | None = None,
+    alphas: str | Sequence[float] | None = None,
+    variants: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    lrs: Sequence[float] | None = None,
+    lr_rank_exponent: float | None = None,
+    seeds: Sequence[int] | None = None,
+    grid: str | Path | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    batch_size: int = 4,
+    max_len: int = 512,
+    eval_data: str | None = None,
+    eval_fraction: float = 0.1,
+    eval_every: int | None = None,
+    halving: bool = False,
+    halving_at: str | Sequence[float] | None = None,
+    gpu_memory: float | None = None,
+    devices: Sequence[str] | None = None,
+    pack_size: int | None = None,
+    dtype: str = "auto",
+    seed: int = 0,
+    checkpoint_every: int | None = None,
+    gradient_checkpointing: bool = False,
+    grad_accum: int = 1,
+    dropout: float = 0.0,
+    packing: bool = False,
+    load_in_4bit: bool = False,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+    trust_remote_code: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+) -> SweepResult:
+    """Train the grid, save every adapter, write results.json and return it as a ``SweepResult``.
+
+    ``gradient_checkpointing``, ``grad_accum``, ``dropout`` (every config's lora_dropout), ``packing``
+    and ``load_in_4bit`` mean what they mean for ``loradial.train``; ``batch_size`` is the micro-batch
+    (an optimizer step sees ``batch_size x grad_accum`` sequences per config). The memory packer
+    plans with gradient checkpointing and the 4-bit base when they are on.
+
+    ``ray`` runs the packs on a Ray cluster instead of local devices ('auto': the running cluster,
+    'local': a private one here, or an address), one worker per GPU (``ray_workers`` of them; see
+    ``loradial.sweep_ray``).
+
+    ``trust_remote_code`` lets a model that ships its own code (``auto_map``) run it (kept in sweep.yaml,
+    so workers and ``--resume`` use it too).
+
+    ``resume=True`` continues the sweep in ``out`` with the settings of its sweep.yaml (only
+    ``devices`` / ``ray`` may change); finished configs are never retrained.
+    """
+    from loradial.sweeps import setup as sweep_setup, runner as sweep_runner
+
+    t0 = time.time()
+    if resume:
+        sd = open_sweep_dir(out)
+        settings = sd.read_settings()
+        if sd.results_path.exists() and sd.read_state().get("finished"):
+            return _result_from_file(sd, settings)
+        sd.lock()
+        ctx = sweep_setup.load_context(settings, devices, ray, ray_workers)
+    else:
+        sd = check_new_sweep_dir(out)
+        settings, ctx = sweep_setup.resolve(
+            model=model, data=data, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
+            lr_rank_exponent=lr_rank_exponent, seeds=seeds, grid=grid, steps=steps, epochs=epochs,
+            batch_size=batch_size, max_len=max_len, eval_data=eval_data, eval_fraction=eval_fraction,
+            eval_every=eval_every, halving=halving, halving_at=halving_at, gpu_memory=gpu_memory,
+            devices=devices, pack_size=pack_size, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
+            gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum, dropout=dropout, packing=packing,
+            load_in_4bit=load_in_4bit, ray=ray, ray_workers=ray_workers,
+            trust_remote_code=trust_remote_code,
+        )
+        create_sweep_dir(sd, sweep_setup.settings_yaml(settings), sweep_runner.initial_state(settings))
+        sd.lock()
+    from loradial.sweeps.segment import release
+
+    try:
+        sweep_runner.run(sd, settings, ctx, progress=progress)
+        return sweep_runner.finish(sd, settings, ctx, wall_seconds=time.time() - t0, resumed=resume)
+    finally:
+        release()
+        sd.unlock()
+
+
+def _result_from_file(sd: SweepDir, settings: dict[str, Any]) -> SweepResult:
+    """A finished sweep resumed again: report results.json as it stands, train nothing."""
+    from loradial.io import read_json
+
+    data = read_json(sd.results_path, "sweep results")
+    fields = {f.name for f in dataclasses.fields(SweepResult)}
+    kw = {k: v for k, v in data.items() if k in fields}
+    kw["resumed"] = True
+    return SweepResult(**kw)
+
+
+def load_results(path: str | Path) -> SweepResult:
+    """Read the results.json of a finished sweep directory."""
+    sd = open_sweep_dir(path)
+    if not sd.results_path.exists():
+        raise LoradialError(f"sweep {path} has not finished (no results.json)", f"continue it with `loradial sweep --resume {path}`")
+    return _result_from_file(sd, sd.read_settings())
+

@@ -1,0 +1,161 @@
+"""From a sweep's metrics lines to results.json: per-config numbers, a verdict, the best config.
+
+Everything here is a pure function of the metrics lines (``{step, adapter, loss, tokens, ...}`` for
+training, ``{step, adapter, eval_loss}`` for evaluation) and the sweep's bookkeeping, so a resumed
+sweep, whose metrics.jsonl is cut back to its last checkpoint and replayed, reports the same numbers
+as an uninterrupted one.
+
+- final_train_loss: mean training loss over the last 10 % of the config's steps (at least 1 step),
+  which smooths the per-batch noise of a single step.
+- gap: final_train_loss - final_eval_loss (train minus eval, as the issue names it: negative when
+  the eval loss sits above the training loss).
+- verdict: ``loradial.diagnose``'s curve verdict (underfitting / overfitting / healthy / unstable /
+  too_few_steps / memorizing), or ``diverged`` when the loss turned non-finite;
+- best: lowest best_eval_loss; ties go to fewer trainable parameters, then to the name. Configs
+  stopped by halving compete with the eval loss they reached.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+from loradial.sweeps.halving import rank_key
+
+TRAIN_WINDOW = 0.10
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def curves(lines: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list]]:
+    """Group metrics lines by adapter: {name: {"train": [(step, loss, tokens)], "eval": [(step, eval_loss)]}}.
+
+    A line with ``eval_loss`` is an eval point; a line with ``loss`` a training step. The last line
+    for a (adapter, step) wins, so a replayed step never counts twice.
+    """
+    train: dict[str, dict[int, tuple]] = {}
+    evals: dict[str, dict[int, float]] = {}
+    for line in lines:
+        name = line.get("adapter")
+        if name is None or "step" not in line:
+            continue
+        step = int(line["step"])
+        if "eval_loss" in line:
+            evals.setdefault(name, {})[step] = _num(line["eval_loss"])
+        elif "loss" in line:
+            train.setdefault(name, {})[step] = (step, _num(line["loss"]), int(line.get("tokens") or 0))
+    out: dict[str, dict[str, list]] = {}
+    for name in set(train) | set(evals):
+        out[name] = {
+            "train": [train.get(name, {})[s] for s in sorted(train.get(name, {}))],
+            "eval": sorted(evals.get(name, {}).items()),
+        }
+    return out
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def verdicts(lines: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Per adapter, the curve verdict of ``loradial.diagnose`` (its robust, documented rules over the
+    same metrics lines ``loradial diagnose`` reads), with ``diverged`` for a run whose train or eval
+    loss turned non-finite (the engine freezes such an adapter)."""
+    from loradial.advice.diagnosis import judge
+    from loradial.advice.logs import curves_from_records
+
+    broke = {r.get("adapter") for r in lines if r.get("diverged") or any(
+        k in r and not _finite(r[k]) for k in ("loss", "eval_loss"))}
+    out = {}
+    for name, curve in curves_from_records([dict(r) for r in lines]).items():
+        if name in broke or not all(map(_finite, curve.loss)):
+            out[name] = "diverged"
+        elif not curve.loss:
+            out[name] = "not trained"
+        elif getattr(curve, "diverged_at", None) is not None:
+            out[name] = "diverged"
+        else:
+            flags = judge(curve)[0]
+            out[name] = flags[0] if flags else "healthy"
+    return out
+
+
+def _window_mean(losses: Sequence[float]) -> float:
+    k = max(1, math.ceil(TRAIN_WINDOW * len(losses)))
+    tail = [x for x in losses[-k:] if _finite(x)]
+    return sum(tail) / len(tail) if len(tail) == len(losses[-k:]) else float("nan")
+
+
+def config_result(
+    config: Mapping[str, Any],
+    curve: Mapping[str, list] | None,
+    *,
+    trainable_params: int,
+    steps: int,
+    stopped_at: int | None,
+    pack: int | None,
+    train_seconds: float,
+    peak_memory_bytes: int | None,
+    verdict: str | None = None,
+) -> dict[str, Any]:
+    """The results.json entry of one config (see the module doc for each number); ``verdict`` comes from
+    ``verdicts`` (None: the config has no metrics lines, 'not trained')."""
+    train = list((curve or {}).get("train", []))
+    evals = list((curve or {}).get("eval", []))
+    final_train = _window_mean([t[1] for t in train]) if train else None
+    finite_evals = [e for _, e in evals if _finite(e)]
+    best_eval = min(finite_evals) if finite_evals else None
+    final_eval = evals[-1][1] if evals else None
+    gap = final_train - final_eval if _finite(final_train) and _finite(final_eval) else None
+    tokens = sum(t[2] for t in train)
+    return {
+        **config,
+        "trainable_params": int(trainable_params),
+        "final_train_loss": final_train,
+        "best_eval_loss": best_eval,
+        "final_eval_loss": final_eval,
+        "gap": gap,
+        "verdict": verdict or "not trained",
+        "tokens": tokens,
+        "tokens_per_s": tokens / train_seconds if train_seconds > 0 else None,
+        "peak_memory_bytes": peak_memory_bytes,
+        "steps": steps,
+        "pack": pack,
+        "stopped_at": stopped_at,
+    }
+
+
+def pick_best(results: Sequence[Mapping[str, Any]]) -> str | None:
+    """Name of the config with the lowest best eval loss (ties: fewer params, then name); None if none."""
+    scored = [r for r in results if _finite(r.get("best_eval_loss"))]
+    if not scored:
+        return None
+    return min(scored, key=lambda r: rank_key(r["best_eval_loss"], r["trainable_params"], r["name"]))["name"]
+
+
+def sort_for_table(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Results in the order the terminal table shows them: by eval loss (as ``pick_best``)."""
+    return sorted(results, key=lambda r: rank_key(r.get("best_eval_loss"), r.get("trainable_params", 0), r["name"]))
+
+
+def lr_rank_fit(results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """grid.fit_lr_rank_exponent over configs that ran to the end, when several LRs per rank were swept.
+
+    Points with the same (r, lr) (other alphas, variants, seeds) are reduced to their best eval loss.
+    """
+    from loradial.sweeps.grid import fit_lr_rank_exponent
+
+    best: dict[tuple[int, float], float] = {}
+    for r in results:
+        if r.get("stopped_at") is not None or not _finite(r.get("best_eval_loss")):
+            continue
+        key = (int(r["r"]), float(r["learning_rate"]))
+        best[key] = min(best.get(key, math.inf), float(r["best_eval_loss"]))
+    per_rank: dict[int, int] = {}
+    for r, _ in best:
+        per_rank[r] = per_rank.get(r, 0) + 1
+    if sum(1 for n in per_rank.values() if n >= 2) < 2:
+        return None
+    return fit_lr_rank_exponent([(r, lr, loss) for (r, lr), loss in sorted(best.items())])

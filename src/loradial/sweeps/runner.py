@@ -1,0 +1,206 @@
+"""The durable run loop of a sweep: rungs, packs, segments, halving, commits, results.
+
+State machine (every transition is one atomic replace of state.json, after the files it points to
+exist, so a kill -9 between any two instructions leaves a state that ``run`` continues from):
+
+    rung i starts     -> the packs of the configs alive at rung i are decided once and recorded
+    segment (i, j)    -> trains pack j from the rung's start step to its end step (its own
+                         checkpoints in work/packs/<id>/ make a killed segment continue, not restart)
+    segment commit    -> each member's checkpoint at the end step exists (on the last rung: its
+                         adapter under adapters/); the segment's metrics lines are appended to
+                         metrics.jsonl; then state.json records steps, the new length of
+                         metrics.jsonl and the segment as done
+    halving           -> losers' adapters exported at the rung step, then marked stopped
+    finish            -> results.json from metrics.jsonl and state.json, then state ``finished``
+
+On resume, metrics.jsonl is first cut back to the length state.json records, so lines of a
+segment that was killed before its commit are replayed exactly once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loradial.errors import runtime_failure
+from loradial.sweeps.state import STATE_VERSION, SweepDir, fault
+
+
+def initial_state(settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "rung": 0,
+        "metrics_bytes": 0,
+        "finished": False,
+        "rung_packs": [],
+        "segments_done": [],
+        "configs": {
+            c["name"]: {"status": "alive", "step": 0, "checkpoint": None, "eval_loss": None, "stopped_at": None,
+                        "pack": None, "train_seconds": 0.0, "peak_memory_bytes": None}
+            for c in settings["configs"]
+        },
+    }
+
+
+def eval_steps(start: int, end: int, every: int | None) -> list[int]:
+    """Eval points in (start, end]: multiples of ``every`` and always ``end`` (the rung boundary)."""
+    pts = set(range(((start // every) + 1) * every, end + 1, every)) if every else set()
+    return sorted(pts | {end})
+
+
+def _packs_for(settings: dict[str, Any], alive: list[str]) -> list[list[str]]:
+    from loradial.sweeps.pack import ConfigCost, make_packs
+
+    costs = {c["name"]: ConfigCost(**c) for c in settings["costs"]}
+    return make_packs([costs[n] for n in alive], settings["budget_bytes"], settings.get("pack_size"))
+
+
+def segment_jobs(sd: SweepDir, settings: dict[str, Any], state: dict[str, Any], rung: int) -> list[dict[str, Any]]:
+    bounds = settings["halving_boundaries"]
+    start, end = (bounds[rung - 1] if rung else 0), bounds[rung]
+    final = rung == len(bounds) - 1
+    jobs = []
+    for j, members in enumerate(state["rung_packs"][rung]):
+        seg = f"r{rung}-p{j}"
+        if seg in state["segments_done"]:
+            continue
+        jobs.append({
+            "id": seg, "rung": rung, "pack": j, "members": list(members), "start": start, "end": end,
+            "eval_steps": eval_steps(start, end, settings.get("eval_every")),
+            "checkpoint_every": settings.get("checkpoint_every"),
+            "checkpoints": {n: state["configs"][n]["checkpoint"] for n in members},
+            "out_checkpoints": {n: str(sd.checkpoint_dir(n) / f"step-{end}") for n in members},
+            "work": str(sd.pack_dir(seg)),
+            "adapter_dirs": {n: str(sd.adapter_dir(n)) for n in members} if final else {},
+        })
+    return jobs
+
+
+def export_adapter(checkpoint: str | Path, dest: Path) -> None:
+    """Copy the PEFT adapter of a per-config checkpoint to ``dest`` in one rename."""
+    src = Path(checkpoint) / "adapter"
+    if not src.is_dir():
+        raise runtime_failure(f"checkpoint {checkpoint} has no adapter", "the sweep directory is damaged")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def commit_segment(sd: SweepDir, state: dict[str, Any], job: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Record a finished segment (see the module docstring for the order of the writes)."""
+    for n, path in job["adapter_dirs"].items():
+        if not Path(path).is_dir():
+            raise runtime_failure(f"the adapter of {n} is missing after its last segment", "resume the sweep")
+    sd.truncate_metrics(state["metrics_bytes"])
+    state["metrics_bytes"] = sd.append_metrics(outcome["lines"])
+    fault(f"commit:{job['id']}")
+    olds = []
+    for n in job["members"]:
+        c = state["configs"][n]
+        olds.append(c["checkpoint"])
+        c.update(step=job["end"], checkpoint=None if job["adapter_dirs"] else job["out_checkpoints"][n],
+                 eval_loss=outcome["evals"].get(n),
+                 pack=job["pack"], train_seconds=c["train_seconds"] + outcome["train_seconds"])
+        peak = outcome.get("peak_memory_bytes")
+        if peak is not None:
+            c["peak_memory_bytes"] = max(peak, c["peak_memory_bytes"] or 0)
+        if job["adapter_dirs"]:
+            c["status"] = "done"
+    state["segments_done"].append(job["id"])
+    sd.write_state(state)
+    for old in olds:  # the state no longer points at them
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(job["work"], ignore_errors=True)
+
+
+def halve(sd: SweepDir, settings: dict[str, Any], state: dict[str, Any], rung: int) -> None:
+    """Stop the worse half of the configs alive at this rung (compared at the same step)."""
+    from loradial.sweeps.halving import survivors
+
+    alive = [c["name"] for c in settings["configs"] if state["configs"][c["name"]]["status"] == "alive"]
+    params = {c["name"]: c["trainable_params"] for c in settings["configs"]}
+    keep = set(survivors({n: state["configs"][n]["eval_loss"] for n in alive}, params))
+    step = settings["halving_boundaries"][rung]
+    for n in alive:
+        if n in keep:
+            continue
+        c = state["configs"][n]
+        if not sd.adapter_dir(n).is_dir():
+            export_adapter(c["checkpoint"], sd.adapter_dir(n))
+        c.update(status="stopped", stopped_at=step)
+    fault(f"halve:{rung}")
+    state["rung"] = rung + 1
+    sd.write_state(state)
+
+
+def run(sd: SweepDir, settings: dict[str, Any], ctx: Any, progress: bool = False) -> None:
+    """Train every rung to its end, committing as it goes; idempotent after any kill."""
+    from loradial.sweeps.executor import execute
+
+    state = sd.read_state()
+    if state.get("finished"):
+        return
+    sd.truncate_metrics(state["metrics_bytes"])
+    bounds = settings["halving_boundaries"]
+    names = [c["name"] for c in settings["configs"]]
+    for rung in range(state["rung"], len(bounds)):
+        if len(state["rung_packs"]) <= rung:
+            alive = [n for n in names if state["configs"][n]["status"] == "alive"]
+            state["rung_packs"].append(_packs_for(settings, alive))
+            sd.write_state(state)
+        jobs = segment_jobs(sd, settings, state, rung)
+
+        def on_done(job: dict[str, Any], outcome: dict[str, Any]) -> None:
+            commit_segment(sd, state, job, outcome)
+
+        execute(jobs, settings, ctx, on_done, progress=progress, n_rungs=len(bounds))
+        if rung < len(bounds) - 1:
+            halve(sd, settings, state, rung)
+        else:
+            state["rung"] = len(bounds)
+            sd.write_state(state)
+
+
+def finish(sd: SweepDir, settings: dict[str, Any], ctx: Any, *, wall_seconds: float, resumed: bool):
+    """Write results.json (from metrics.jsonl + state.json), mark the sweep finished, clean work/."""
+    from loradial.io import atomic_write_json
+    from loradial.sweeps.api import SweepResult
+    from loradial.sweeps.results import config_result, curves, lr_rank_fit, pick_best, verdicts
+
+    state = sd.read_state()
+    lines = sd.read_metrics()
+    by_name, verdict = curves(lines), verdicts(lines)
+    keys = ("name", "r", "lora_alpha", "use_rslora", "use_dora", "variant", "targets", "target_modules",
+            "learning_rate", "seed")
+    configs = []
+    for entry in settings["configs"]:
+        c = state["configs"][entry["name"]]
+        curve = by_name.get(entry["name"])
+        configs.append(config_result(
+            {k: entry[k] for k in keys}, curve, trainable_params=entry["trainable_params"],
+            steps=curve["train"][-1][0] if curve and curve["train"] else 0, stopped_at=c["stopped_at"], pack=c["pack"], train_seconds=c["train_seconds"],
+            peak_memory_bytes=c["peak_memory_bytes"], verdict=verdict.get(entry["name"]),
+        ))
+    packs = state["rung_packs"]
+    result = SweepResult(
+        out=str(sd.root), best=pick_best(configs), configs=configs, lr_rank_fit=lr_rank_fit(configs),
+        n_packs=len(packs[0]) if packs else 0, packs=packs,
+        settings={k: v for k, v in settings.items() if k not in ("configs", "costs")},
+        devices=list(ctx.devices), wall_seconds=wall_seconds, resumed=resumed,
+    )
+    fault("finish")
+    atomic_write_json(sd.results_path, result.to_dict())
+    state["finished"] = True
+    sd.write_state(state)
+    sd.clean_work()
+    return result
