@@ -218,13 +218,16 @@ def test_export_sweep_writes_the_schedule_the_winner_trained_under(tmp_path, tra
     """Steps, schedule, warmup, clipping and weight decay are those the sweep's engine used, in each tool's keys."""
     from loradial.engine import AdapterConfig
     from loradial.spec import LoraSpec
-    from loradial.sweeps.segment import adapter_configs
+    from loradial.sweeps.setup import adapter_configs
 
     d = _sweep(tmp_path, settings={"train": train} if train else None)
-    settings = json.loads((d / "results.json").read_text())["settings"]
-    settings["configs"] = [{"name": "x", "r": 16, "lora_alpha": 32, "target_modules": "all-linear", "use_rslora": True,
-                            "use_dora": False, "learning_rate": 2e-4, "seed": 0}]
-    eng: AdapterConfig = adapter_configs(settings, ["x"])[0]  # what the sweep trained with
+    from loradial.settings import SweepConfigEntry, SweepSettings, TrainSettings, migrate
+
+    settings = migrate({**json.loads((d / "results.json").read_text())["settings"], "loradial_sweep": 1})
+    entry = SweepConfigEntry(name="x", r=16, lora_alpha=32.0, variant="rslora", use_rslora=True, use_dora=False,
+                             targets="all-linear", target_modules="all-linear", learning_rate=2e-4, trainable_params=0)
+    sweep = SweepSettings.model_construct(train=TrainSettings(**settings["train"]), configs=[entry])
+    eng: AdapterConfig = adapter_configs(sweep, ["x"])[0]  # what the sweep trained with
     want = {"max_steps": 300, "warmup_steps": eng.warmup(300), "max_grad_norm": eng.max_grad_norm,
             "weight_decay": eng.weight_decay, "gradient_accumulation_steps": 1}
     sched = {"cosine": "cosine", "linear": "linear"}[eng.schedule]

@@ -116,9 +116,3 @@ def test_unused_pattern_keys(infos):
     tg = match(LoraSpec(target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 4, "k_proj": 2},
                         alpha_pattern={"nothing": 1.0}), infos["llama-2-7b"])
     assert tg.unused_pattern_keys == {"rank_pattern": ["k_proj"], "alpha_pattern": ["nothing"]}
-
-
-def test_models_module_reexports_target_api():
-    assert models.resolve_targets is resolve_targets and callable(models.matched_modules) and "mlp" in models.PRESETS
-    with pytest.raises(AttributeError):
-        models.no_such_name  # noqa: B018

@@ -68,7 +68,7 @@ def test_sweep_trains_it_and_keeps_the_choice_for_resume(custom, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", pc_records(16))
     res = loradial.sweep(str(custom), str(data), out=tmp_path / "sw", ranks=[2], lrs=[5e-3], targets=["q_proj"],
                          steps=2, batch_size=4, max_len=32, trust_remote_code=True)
-    assert res.settings["trust_remote_code"] is True and res.configs[0]["final_train_loss"] is not None
+    assert res.settings["train"]["trust_remote_code"] is True and res.configs[0]["final_train_loss"] is not None
     assert "trust_remote_code: true" in (tmp_path / "sw" / "sweep.yaml").read_text()
 
 

@@ -9,8 +9,8 @@ import pytest
 
 import loradial
 from loradial.errors import LoradialError
-from loradial.sweeps.ray_exec import is_ray, kind
-from loradial.sweeps.setup import resolve_devices
+from loradial.sweeps.devices import is_ray, kind
+from loradial.sweeps.devices import resolve_devices
 from test_engine_fixtures import pc_records, save_tiny_model, write_jsonl
 
 

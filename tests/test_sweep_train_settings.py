@@ -5,6 +5,9 @@ with the old defaults), feed the memory packer, and bad values exit 2 with nothi
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,10 +72,10 @@ def test_checkpointing_and_grad_accum_reach_the_engine_and_change_no_math(assets
     out = tmp_path / "gc"
     res = loradial.sweep(str(model), str(data), out=out, gradient_checkpointing=True, grad_accum=2, **KW)
     assert engine_calls and all(c["gradient_checkpointing"] is True and c["grad_accum"] == 2 for c in engine_calls)
-    assert {k: res.settings[k] for k in SETTINGS} == {"gradient_checkpointing": True, "grad_accum": 2, "dropout": 0.0,
-                                                      "packing": False, "load_in_4bit": False}
+    assert {k: res.settings["train"][k] for k in SETTINGS} == {"gradient_checkpointing": True, "grad_accum": 2,
+                                                               "dropout": 0.0, "packing": False, "load_in_4bit": False}
     saved = yaml.safe_load((out / "sweep.yaml").read_text())
-    assert saved["gradient_checkpointing"] is True and saved["grad_accum"] == 2
+    assert saved["train"]["gradient_checkpointing"] is True and saved["train"]["grad_accum"] == 2
     ref_out, ref = plain
     same_results(res, ref, out, ref_out)  # checkpointing recomputes; it must not change a number
     # grad_accum=2 is really two micro-batches per step: twice the tokens of one batch per logged step
@@ -95,7 +98,7 @@ def test_dropout_and_packing_reach_the_engine_and_the_adapters(assets, tmp_path,
     assert cfg["lora_dropout"] == 0.1
     unpacked = loradial.sweep(str(model), str(data), out=tmp_path / "np", **kw)
     assert engine_calls[0]["n_train"] < engine_calls[-1]["n_train"]  # packing: fewer, fuller blocks
-    assert res.settings["packing"] is True and unpacked.settings["packing"] is False
+    assert res.settings["train"]["packing"] is True and unpacked.settings["train"]["packing"] is False
     # dropout masks are seeded per segment: the same sweep gives the same numbers
     again = loradial.sweep(str(model), str(data), out=tmp_path / "dp2", dropout=0.1, packing=True, **kw)
     same_results(res, again, out, tmp_path / "dp2", rel=1e-6)
@@ -119,31 +122,62 @@ def test_resume_keeps_the_settings(assets, plain, tmp_path, monkeypatch, engine_
     assert not engine_calls
     res = loradial.sweep(out=out, resume=True)
     assert engine_calls and all(c["gradient_checkpointing"] is True and c["grad_accum"] == 2 for c in engine_calls)
-    assert res.settings["gradient_checkpointing"] is True and res.settings["grad_accum"] == 2
+    assert res.settings["train"]["gradient_checkpointing"] is True and res.settings["train"]["grad_accum"] == 2
     ref_out, ref = plain
     same_results(res, ref, out, ref_out)
 
 
-def test_old_sweep_yaml_without_the_keys_resumes_with_the_old_defaults(assets, tmp_path, monkeypatch, engine_calls):
-    import loradial.sweeps.runner as runner
+V1 = Path(__file__).parent / "data" / "sweep_v1"  # written by loradial 0.1 before settings were typed (sweep.yaml v1)
 
+
+def _v1_sweep(out: Path, model, data, drop: tuple[str, ...] = ()) -> None:
+    """The committed v1 sweep directory (crashed before training), pointed at this test's model and data."""
+    out.mkdir()
+    text = (V1 / "sweep.yaml").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith(tuple(f"{k}:" for k in drop))]
+    assert len(lines) == len(text.splitlines()) - len(drop)
+    text = "\n".join(lines) + "\n"
+    text = re.sub(r"^model: .*$", f"model: {model}", text, flags=re.M)
+    text = re.sub(r"^data: .*$", f"data: {data}", text, flags=re.M)
+    (out / "sweep.yaml").write_text(text)
+    shutil.copy(V1 / "state.json", out / "state.json")
+    (out / "metrics.jsonl").write_text("")
+
+
+V1_KW = dict(ranks=[2, 4], alphas="ratio:2", lrs=[5e-3], targets=["q_proj,v_proj,down_proj"], steps=4, batch_size=2,
+             max_len=48, eval_every=2, halving=True, halving_at="0.5")
+
+
+def test_a_sweep_written_by_the_previous_release_resumes_with_its_settings(assets, tmp_path, engine_calls):
+    """sweep.yaml v1 (flat training keys) is migrated on load and resumes as the sweep it describes."""
     model, data = assets
-    out = tmp_path / "old"
-    real_run = runner.run
-    monkeypatch.setattr(runner, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("simulated crash")))
-    kw = {**KW, "ranks": [2]}
-    with pytest.raises(RuntimeError):
-        loradial.sweep(str(model), str(data), out=out, gradient_checkpointing=True, grad_accum=2, dropout=0.1, **kw)
-    monkeypatch.setattr(runner, "run", real_run)
-    text = (out / "sweep.yaml").read_text()
-    kept = [ln for ln in text.splitlines() if not ln.startswith(tuple(f"{k}:" for k in SETTINGS))]
-    assert len(kept) == len(text.splitlines()) - len(SETTINGS)
-    (out / "sweep.yaml").write_text("\n".join(kept) + "\n")  # as written before these settings existed
-    res = loradial.sweep(out=out, resume=True)
+    _v1_sweep(tmp_path / "v1", model, data)
+    res = loradial.sweep(out=tmp_path / "v1", resume=True)
+    assert engine_calls and all(c["gradient_checkpointing"] is True and c["grad_accum"] == 2 and c["dropouts"] == {0.1}
+                                for c in engine_calls)
+    assert res.settings["loradial_sweep"] == 2 and res.settings["train"]["dropout"] == 0.1
+    new = loradial.sweep(str(model), str(data), out=tmp_path / "new", gradient_checkpointing=True, grad_accum=2,
+                         dropout=0.1, **V1_KW)
+    same_results(res, new, tmp_path / "v1", tmp_path / "new", rel=1e-6)
+
+
+def test_old_sweep_yaml_without_the_keys_resumes_with_the_old_defaults(assets, tmp_path, engine_calls):
+    model, data = assets
+    _v1_sweep(tmp_path / "old", model, data, drop=SETTINGS)  # as written before these settings existed
+    res = loradial.sweep(out=tmp_path / "old", resume=True)
     assert engine_calls and all(c["gradient_checkpointing"] is False and c["grad_accum"] == 1 and c["dropouts"] == {0.0}
                                 for c in engine_calls)
-    new = loradial.sweep(str(model), str(data), out=tmp_path / "new", **kw)
-    same_results(res, new, out, tmp_path / "new", rel=1e-6)
+    new = loradial.sweep(str(model), str(data), out=tmp_path / "new", **V1_KW)
+    same_results(res, new, tmp_path / "old", tmp_path / "new", rel=1e-6)
+
+
+def test_a_damaged_sweep_yaml_names_the_field(assets, tmp_path, cli):
+    model, data = assets
+    _v1_sweep(tmp_path / "bad", model, data)
+    path = tmp_path / "bad" / "sweep.yaml"
+    path.write_text(path.read_text().replace("  r: 4\n", "  r: 0\n"))
+    code, _, err = cli("sweep", "--resume", tmp_path / "bad")
+    assert code == 2 and "configs[1].r must be greater than 0 (got 0)" in err and "Traceback" not in err
 
 
 # --- the memory packer ------------------------------------------------------------------------------
@@ -156,13 +190,15 @@ def _costs(gradient_checkpointing=False, load_in_4bit=False, gib=None, dropout=N
     info = inspect_model("llama-3.1-8b")  # bundled config: no weights
     spec = LoraSpec(r=16, target_modules="all-linear")
     targeted = {"r16": [(m, spec.rank_for(m.name)) for m in matched_modules(spec, info)]}
-    settings = {"max_len": 2048, "dtype": "bf16", "batch_size": 4,
-                "configs": [{"name": "r16", "use_dora": use_dora}], "dropout": dropout,
-                "gradient_checkpointing": gradient_checkpointing, "load_in_4bit": load_in_4bit}
+    from loradial.settings import SweepConfigEntry, SweepSettings, TrainSettings
+
+    train = TrainSettings(max_len=2048, dtype="bf16", batch_size=4, dropout=dropout or 0.0,
+                          gradient_checkpointing=bool(gradient_checkpointing), load_in_4bit=bool(load_in_4bit))
+    settings = SweepSettings.model_construct(train=train, configs=[SweepConfigEntry.model_construct(name="r16", use_dora=use_dora)])
     budget, costs = memory_costs(settings, info, targeted, [{"input_ids": [0] * 2048}], ["cpu"], gib)
     from loradial.sweeps.pack import ConfigCost
 
-    return budget, [ConfigCost(**c) for c in costs]
+    return budget, [ConfigCost(**c.model_dump()) for c in costs]
 
 
 def test_packer_accepts_a_config_that_only_fits_with_gradient_checkpointing():
@@ -181,8 +217,6 @@ def test_packer_accepts_a_config_that_only_fits_with_gradient_checkpointing():
     with pytest.raises(LoradialError, match="needs about"):
         make_packs(gc, budget)
     assert make_packs(q, budget) == [["r16"]]
-    # an old sweep.yaml (no keys) plans as before: no checkpointing, no quantization
-    assert _costs(gradient_checkpointing=None, load_in_4bit=None)[1] == plain
 
 
 def test_packer_counts_the_dropout_mask_for_lora_and_dora():
@@ -218,7 +252,8 @@ def test_load_in_4bit_on_cpu_gives_trains_error_and_writes_nothing(assets, tmp_p
 
 def test_load_in_4bit_is_passed_to_the_model_loader(assets, monkeypatch):
     """The segment loads its base with load_in_4bit (the loader itself refuses it on a CPU)."""
-    import loradial.engine.session as session
+    import loradial.models.load as load
+    from loradial.settings import SweepSettings, TrainSettings
     from loradial.sweeps.segment import SegmentEnv, release
 
     seen = {}
@@ -227,17 +262,18 @@ def test_load_in_4bit_is_passed_to_the_model_loader(assets, monkeypatch):
         seen.update(kw)
         raise LoradialError("stop here")
 
-    monkeypatch.setattr(session, "load_model", fake_load)
+    monkeypatch.setattr(load, "load_model", fake_load)
     ctx = type("Ctx", (), {"tokenizer": None, "train": [], "eval": []})()
     with pytest.raises(LoradialError, match="stop here"):
-        SegmentEnv.shared({"model": str(assets[0]), "dtype": "bf16", "load_in_4bit": True}, ctx, "cuda:0")
+        settings = SweepSettings.model_construct(model=str(assets[0]), train=TrainSettings(dtype="bf16", load_in_4bit=True))
+        SegmentEnv.shared(settings, ctx, "cuda:0")
     release()
     assert seen["load_in_4bit"] is True and seen["device"] == "cuda:0"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--grad-accum", "0"], "--grad-accum must be a positive integer"),
-    (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--grad-accum", "0"], "--grad-accum must be greater than or equal to 1 (got 0)"),
+    (["--dropout", "1.5"], "--dropout must be less than 1 (got 1.5)"),
 ])
 def test_bad_training_settings_exit_2_and_write_nothing(assets, tmp_path, cli, args, message):
     model, data = assets

@@ -101,3 +101,25 @@ def test_train_many_and_tokenized_input(tmp_path):
     for a in res.adapters:
         state = peft.PeftModel.from_pretrained(tiny_llama(), a["path"]).state_dict()
         assert any(torch.count_nonzero(v) for k, v in state.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rank", "0", "--alpha", "16"], "--rank must be a positive integer, got 0"),
+    (["--rank", "0"], "--rank must be a positive integer, got 0"),
+    (["--rank", "-4", "--alpha", "16"], "--rank must be a positive integer, got -4"),
+    (["--rank", "8", "--alpha", "0"], "--alpha must be a positive number, got 0"),
+    (["--rank", "8", "--alpha", "16", "--batch-size", "0"], "--batch-size must be greater than 0 (got 0)"),
+    (["--rank", "8", "--alpha", "16", "--lr", "-1"], "--lr must be greater than 0 (got -1.0)"),
+    (["--rank", "8", "--alpha", "16", "--dtype", "fp16"], "--dtype must be 'auto', 'bf16' or 'fp32' (got 'fp16')"),
+])
+def test_bad_numbers_exit_2_naming_the_real_problem(cli, tmp_path, args, message):
+    """`--rank 0` once trained rank 8 (`rank or 8`) and `--alpha 0` wrote alpha 16: now each is a clean exit 2."""
+    code, _, err = cli("train", "--model", "llama-2-7b", "--data", tmp_path / "none.jsonl", "--steps", "1",
+                       "--out", tmp_path / "out", *args)
+    assert code == 2 and message in err and "missing" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_numeric_rank_is_a_usage_error(cli, tmp_path):
+    code, _, err = cli("train", "--rank", "eight", "--alpha", "16", "--out", tmp_path / "out")
+    assert code == 2 and "--rank" in err and "Traceback" not in err and not (tmp_path / "out").exists()

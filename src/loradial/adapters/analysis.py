@@ -33,6 +33,7 @@ from loradial.errors import LoradialError
 from loradial.adapters.evaluate import check_scales, open_eval_session
 from loradial.models.info import type_key
 from loradial.result import Result
+from loradial.settings import EVAL
 from loradial.adapters.spectrum import allocate_ranks, energy_fraction, energy_rank, factored_svd, spectrum_metrics
 from loradial.spec import alpha_for_same_scale, layer_index
 
@@ -315,8 +316,8 @@ def analyze(
     ranks: Sequence[int] | None = None,
     retain: float = 0.98,
     scales: Sequence[float] | None = None,
-    max_len: int = 512,
-    batch_size: int = 8,
+    max_len: int = EVAL.max_len,
+    batch_size: int = EVAL.batch_size,
     max_examples: int | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,

@@ -27,40 +27,18 @@ from typing import Any, Iterable, Sequence
 
 from loradial.adapters.format import Adapter, LoraModule, load_adapter
 from loradial.errors import LoradialError
+from loradial.models.load import check_model_dir, load_model, load_tokenizer
 from loradial.result import Result
+from loradial.settings import EVAL
 
 LOSS_CHUNK = 1024  # label tokens per output-head chunk
 
 
-# --- the base model --------------------------------------------------------------------------
-def check_model_dir(path: str | Path) -> Path:
-    """A local model directory with config.json and safetensors weights, or a clean error."""
-    path = Path(path).expanduser()
-    if not (path / "config.json").is_file():
-        raise LoradialError(f"no model at {path} (config.json missing)", "--model takes a local model directory with weights")
-    if not any(path.glob("*.safetensors")):
-        raise LoradialError(f"no safetensors weights in {path}", "save the model with save_pretrained (safetensors)")
-    return path
-
-
-def load_base_model(path: str | Path, dtype: Any = None, device: Any = None, trust_remote_code: bool = False):
-    """A causal LM from a local directory (safetensors only; remote code only with ``trust_remote_code``), eval mode, frozen."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = check_model_dir(path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto", use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
-        raise LoradialError(f"could not load the model at {path}: {str(e).splitlines()[0][:200]}",
-                            "check that it is a Hugging Face causal LM saved with save_pretrained") from None
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+# --- the base model: loradial.models.load (one loader for every verb) ---------------------------
+def load_base_model(path: str | Path, device: Any = None, trust_remote_code: bool = False):
+    """The frozen base under an adapter being measured: a local directory, its stored dtype."""
+    return load_model(path, dtype="stored", device=device, trust_remote_code=trust_remote_code, local_only=True,
+                      frozen=True, tokenizer=False)[0]
 
 
 def locate(model, m: LoraModule):
@@ -290,18 +268,13 @@ class EvalSession:
         return eval_loss(self.model, _batches(self.examples, self.pad_id, self.batch_size))
 
 
-def open_eval_session(model: str | Path, data: str | Path, max_len: int = 512, batch_size: int = 8,
+def open_eval_session(model: str | Path, data: str | Path, max_len: int = EVAL.max_len, batch_size: int = EVAL.batch_size,
                  max_examples: int | None = None, device: str | None = None, trust_remote_code: bool = False) -> EvalSession:
     """Tokenizer, examples and the base model from ``model`` (one ``from_pretrained``)."""
-    from transformers import AutoTokenizer
-
     if batch_size < 1 or max_len < 2:
         raise LoradialError(f"--batch-size must be ≥ 1 and --max-len ≥ 2 (got {batch_size}, {max_len})")
     model_path = check_model_dir(model)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise LoradialError(f"no usable tokenizer in {model_path} ({type(e).__name__})", "--model needs its tokenizer files") from None
+    tok = load_tokenizer(model_path, trust_remote_code)
     examples = _load_examples(data, tok, max_len, max_examples)
     base = load_base_model(model_path, device=device, trust_remote_code=trust_remote_code)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -341,8 +314,8 @@ def alpha_sweep(
     model: str | Path,
     data: str | Path,
     scales: Sequence[float] = (0, 0.25, 0.5, 0.75, 1, 1.25, 1.5),
-    max_len: int = 512,
-    batch_size: int = 8,
+    max_len: int = EVAL.max_len,
+    batch_size: int = EVAL.batch_size,
     max_examples: int | None = None,
     allow_pickle: bool = False,
     device: str | None = None,

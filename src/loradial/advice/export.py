@@ -37,6 +37,7 @@ from typing import Any
 from loradial.errors import LoradialError
 from loradial.io import atomic_write_text, read_json
 from loradial.result import Result
+from loradial.settings import TrainSettings, migrate, validated
 from loradial.advice.rules import plain_number
 
 FORMATS = ("peft", "trl", "axolotl", "llamafactory", "unsloth", "torchtune")
@@ -362,9 +363,9 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     per config ``name``, ``r``, ``lora_alpha``, ``use_rslora``, ``use_dora``, ``target_modules``,
     ``learning_rate`` and, if present, ``lora_dropout``, ``rank_pattern``, ``alpha_pattern``;
     ``variant`` ('lora' | 'rslora' | 'dora') stands in for use_rslora/use_dora when those are absent.
-    ``settings.model``, ``max_len``, ``batch_size``, ``steps`` (else ``epochs``), ``grad_accum``,
-    ``gradient_checkpointing``, ``dropout`` and the engine's optimizer
-    settings (``sweep_engine.TRAIN_DEFAULTS`` updated by ``settings.train``, as the sweep merges them) fill the training keys.
+    ``settings.model``, ``steps`` (else ``epochs``) and ``settings.train`` (a ``TrainSettings``: max_len,
+    batch_size, grad_accum, gradient_checkpointing, dropout, schedule, warmup, weight decay, clipping)
+    fill the training keys; a results.json of an earlier release is migrated first.
     """
     configs = results.get("configs")
     if not isinstance(configs, list) or not configs:
@@ -383,20 +384,24 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     cfg.setdefault("use_rslora", variant == "rslora")
     cfg.setdefault("use_dora", variant == "dora")
     settings = results.get("settings") or {}
-    from loradial.sweeps.segment import TRAIN_DEFAULTS
-    from loradial.sweeps.setup import train_setting
-
-    for src, dst in (("model", "model"), ("max_len", "seq_len"), ("batch_size", "micro_batch_size"), ("steps", "max_steps")):
+    if not isinstance(settings, dict):
+        raise LoradialError("results.json: settings is not an object", "expected a finished `loradial sweep` directory")
+    if settings.get("loradial_sweep", 1) == 1:  # results.json of a release before settings were typed
+        settings = migrate({**settings, "loradial_sweep": 1}, "results.json")
+    train = validated(TrainSettings, settings.get("train") or {}, "results.json: settings.train")
+    for src, dst in (("model", "model"), ("steps", "max_steps")):
         if settings.get(src) is not None:
             cfg[dst] = settings[src]
+    cfg["seq_len"], cfg["micro_batch_size"] = train.max_len, train.batch_size
     if "max_steps" not in cfg and settings.get("epochs") is not None:
         cfg["epochs"] = settings["epochs"]
-    cfg["gradient_accumulation_steps"] = int(train_setting(settings, "grad_accum"))
-    if train_setting(settings, "gradient_checkpointing"):
+    cfg["gradient_accumulation_steps"] = train.grad_accum
+    if train.gradient_checkpointing:
         cfg["gradient_checkpointing"] = True
-    if train_setting(settings, "dropout") and "lora_dropout" not in cfg:  # sweep --dropout: every config's lora_dropout
-        cfg["lora_dropout"] = float(train_setting(settings, "dropout"))
-    cfg.update({k: v for k, v in {**TRAIN_DEFAULTS, **(settings.get("train") or {})}.items() if k in TRAIN_KEYS})
+    if train.dropout and "lora_dropout" not in cfg:  # sweep --dropout: every config's lora_dropout
+        cfg["lora_dropout"] = train.dropout
+    cfg.update({k: getattr(train, k) for k in TRAIN_KEYS
+                if k in TrainSettings.model_fields and getattr(train, k) is not None})
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise LoradialError(f"config {want!r} in results.json lacks {', '.join(missing)}",

@@ -208,7 +208,7 @@ def recommend(
     large_model = info.total_params >= lr_rules["large_model_params"]
     base = lr_rules["base_large_model"] if large_model else lr_rules["base"]
     exponent = float(lr_rules["rank_exponent"])
-    from loradial.sweeps.grid import lr_for_rank
+    from loradial.advice.rules import lr_for_rank
 
     lr = float(f"{lr_for_rank(base, r, exponent, int(lr_rules['reference_rank'])):.3g}")
     size_txt = f"{info.total_params / 1e9:.1f}B parameters {'>=' if large_model else '<'} {lr_rules['large_model_params'] / 1e9:g}B"

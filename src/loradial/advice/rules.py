@@ -388,3 +388,12 @@ def ladder_for(verdict: str, config: dict[str, Any], rules: dict[str, Any], evid
         item["sources"] = cited(step.get("sources", []))
         out.append(item)
     return out
+
+
+#: Reference rank of ``--lr-rank-exponent``: lr(r) = lr · (r / R_REF)^-exponent.
+R_REF = 16
+
+
+def lr_for_rank(lr: float, r: int, exponent: float, r_ref: int = R_REF) -> float:
+    """lr(r) = lr * (r / r_ref) ** (-exponent); exponent 0 keeps lr at every rank."""
+    return lr * (r / r_ref) ** (-exponent)

@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from loradial.cli.common import JSON_OPTION, app, console, run, split_list
+from loradial.cli import options as opt
+from loradial.settings import DEFAULT, EVAL
+from loradial.cli.common import app, console, run, split_list
 
 
 @app.command("alpha-sweep")
@@ -17,12 +19,12 @@ def alpha_sweep_cmd(
     model: Path = typer.Option(..., "--model", help="Local base model directory (weights and tokenizer)."),
     data: Path = typer.Option(..., "--data", help="Evaluation data (jsonl/json/csv/parquet/txt)."),
     scales: str = typer.Option("0,0.25,0.5,0.75,1,1.25,1.5", "--scales", help="Comma-separated multipliers of the adapter's scale."),
-    max_len: int = typer.Option(512, "--max-len", help="Truncate examples to this many tokens."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
-    max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Use only the first N records."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read adapter_model.bin (torch.load(weights_only=True))."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model directory's own Python code (only for models you trust)."),
-    as_json: bool = JSON_OPTION,
+    max_len: opt.EvalMaxLen = EVAL.max_len,
+    batch_size: opt.EvalBatchSize = EVAL.batch_size,
+    max_examples: opt.MaxExamples = None,
+    allow_pickle: opt.AllowPickle = False,
+    trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
+    as_json: opt.Json = False,
 ) -> None:
     """Which adapter strength is best? Eval loss and token accuracy of base + c·adapter for each c
     (c multiplies every module's scale; 0 is the base model), with one model load.

@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from loradial.cli.common import JSON_OPTION, app, console, run, short_types, split_list
+from loradial.cli import options as opt
+from loradial.settings import DEFAULT, EVAL
+from loradial.cli.common import app, console, run, short_types, split_list
 
 
 def _f(x, fmt="{:.2f}") -> str:
@@ -23,17 +25,17 @@ def analyze_cmd(
     coverage: float = typer.Option(0.90, "--coverage", help="Fraction of modules that must keep --energy at the global rank."),
     budget: Optional[int] = typer.Option(None, "--budget", help="Parameter budget of the rank_pattern (default: that of the global rank)."),
     per_module: bool = typer.Option(False, "--per-module", help="Also print one row per module."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read adapter_model.bin (torch.load(weights_only=True))."),
+    allow_pickle: opt.AllowPickle = False,
     model: Optional[Path] = typer.Option(None, "--model", help="Local base model directory (weights + tokenizer) to evaluate on --data."),
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluation data (jsonl/json/csv/parquet/txt): adds the truncation curve."),
     ranks: Optional[str] = typer.Option(None, "--ranks", help="Ranks k of the truncation curve (default: powers of two below the adapter's r, plus r)."),
     retain: float = typer.Option(0.98, "--retain", help="Fraction of the adapter's eval-loss improvement the data-driven rank must keep."),
     scales: Optional[str] = typer.Option(None, "--scales", help="Also the eval loss of base + c·adapter for these c (e.g. 0.5,0.75,1,1.25)."),
-    max_len: int = typer.Option(512, "--max-len", help="Truncate examples to this many tokens."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
-    max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Use only the first N records."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model directory's own Python code with --model (only for models you trust)."),
-    as_json: bool = JSON_OPTION,
+    max_len: opt.EvalMaxLen = EVAL.max_len,
+    batch_size: opt.EvalBatchSize = EVAL.batch_size,
+    max_examples: opt.MaxExamples = None,
+    trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
+    as_json: opt.Json = False,
 ) -> None:
     """Which rank did the adapter use? Exact singular values of s·B·A per module (never forming ΔW),
     energy ranks, effective ranks, and a recommended global rank and per-module rank_pattern. With

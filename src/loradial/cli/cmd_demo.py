@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loradial.cli.common import JSON_OPTION, app, console, run
+from loradial.cli import options as opt
+from loradial.cli.common import app, console, run
 
 
 def render(res) -> None:
@@ -31,9 +32,9 @@ def render(res) -> None:
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("loradial-demo"), "--out", "-o", help="Output directory (new, empty, or a previous demo's, which is replaced)."),
-    steps: int = typer.Option(80, "--steps", help="Optimizer steps per config."),
+    steps: opt.Steps = None,
     threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest on a busy machine)."),
-    as_json: bool = JSON_OPTION,
+    as_json: opt.Json = False,
 ) -> None:
     """The whole loop on the bundled 4M-parameter model and a domain-shift dataset, offline on a CPU in a few
     minutes: cost plan, a sweep of 4 ranks x 2 alphas trained at once, the best adapter's spectrum, its best

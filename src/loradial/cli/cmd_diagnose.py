@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from loradial.cli.common import JSON_OPTION, app, console, run
+from loradial.cli import options as opt
+from loradial.cli.common import app, console, run
 
 _STYLE = {"healthy": "green", "too_few_steps": "yellow", "underfitting": "yellow",
           "overfitting": "red", "memorizing": "red", "unstable": "bold red"}
@@ -40,7 +41,7 @@ def diagnose_cmd(
     log: Path = typer.Argument(..., help="trainer_state.json, metrics.jsonl, metrics.csv, torchtune log_*.txt, a CSV/JSONL with step, loss, eval_loss, or a run directory."),
     config: Optional[Path] = typer.Option(None, "--config", help="The run's PEFT adapter_config.json (default: the one next to the log), for concrete next configs."),
     rules: Optional[Path] = typer.Option(None, "--rules", help="YAML file overriding the shipped ladder (see loradial.rules)."),
-    as_json: bool = JSON_OPTION,
+    as_json: opt.Json = False,
 ) -> None:
     """Say whether a run underfit, overfit, memorized, was unstable, too short or healthy - with the numbers - and what to try next.
 

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from loradial.cli.common import JSON_OPTION, app, console, run
+from loradial.cli import options as opt
+from loradial.cli.common import app, console, run
 
 
 def show_export(result, as_json: bool = False) -> None:
@@ -29,7 +30,7 @@ def export_cmd(
     best: bool = typer.Option(True, "--best/--no-best", help="Export the sweep's best config (the default)."),
     config: Optional[str] = typer.Option(None, "--config", help="Export this config (by name) instead of the best."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (default: print it)."),
-    as_json: bool = JSON_OPTION,
+    as_json: opt.Json = False,
 ) -> None:
     """Write a sweep's best config in a trainer's own keys (alpha always explicit; what a format cannot express is a warning).
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from loradial.cli.common import JSON_OPTION, app, console, run
+from loradial.cli import options as opt
+from loradial.settings import DEFAULT
+from loradial.cli.common import app, console, run
 
 
 @app.command("merge")
@@ -15,10 +17,10 @@ def merge_cmd(
     model: Path = typer.Option(..., "--model", help="Local base model directory (safetensors)."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged model (written atomically)."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read adapter_model.bin (torch.load(weights_only=True))."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model directory's own Python code (only for models you trust)."),
-    as_json: bool = JSON_OPTION,
+    overwrite: opt.Overwrite = False,
+    allow_pickle: opt.AllowPickle = False,
+    trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
+    as_json: opt.Json = False,
 ) -> None:
     """Merge the adapter (with its scaling; DoRA and lora_bias included) into the base weights and save
     the model (sharded safetensors, config, tokenizer), as PEFT's merge_and_unload would.

@@ -5,11 +5,12 @@ from __future__ import annotations
 from rich.table import Table
 
 from loradial.models import resolve as _models
-from loradial.cli.common import JSON_OPTION, app, console, run
+from loradial.cli import options as opt
+from loradial.cli.common import app, console, run
 
 
 @app.command("models")
-def models_cmd(as_json: bool = JSON_OPTION) -> None:
+def models_cmd(as_json: opt.Json = False) -> None:
     """List the bundled model configs usable offline with --model.
 
     Example: loradial models

@@ -7,7 +7,9 @@ from typing import Any, List, Optional
 import typer
 
 from loradial.errors import LoradialError
-from loradial.cli.common import JSON_OPTION, app, console, run, split_list
+from loradial.cli import options as opt
+from loradial.settings import DEFAULT
+from loradial.cli.common import app, console, run, split_list
 
 GiB, MB = 1024**3, 1e6
 PATTERN_HINT = "e.g. --rank-pattern q_proj=4,v_proj=8 or '{\"q_proj\": 4}': regex keys, positive values (whole ranks)"
@@ -93,7 +95,7 @@ def _render(result: Any) -> None:
 
 @app.command("plan")
 def plan_cmd(
-    model: str = typer.Option("llama-2-7b", "--model", "-m", help="Bundled name (see `loradial models`), Hub id, or a local directory with config.json."),
+    model: opt.ModelConfig = "llama-2-7b",
     rank: str = typer.Option("8,16,64,256", "--rank", "-r", help="Comma-separated ranks; one row each."),
     targets: Optional[List[str]] = typer.Option(
         None, "--targets", "-t",
@@ -112,10 +114,10 @@ def plan_cmd(
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence (memory estimate)."),
     dtype: str = typer.Option("bf16", "--dtype", help="Dtype of the frozen base: bf16, fp16 or fp32."),
     quant: str = typer.Option("none", "--quant", help="Base quantization: none, 8bit or 4bit (bitsandbytes NF4)."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in the backward pass."),
+    gradient_checkpointing: opt.GradientCheckpointing = DEFAULT.gradient_checkpointing,
     attn: str = typer.Option("sdpa", "--attn", help="Attention implementation: sdpa, eager or flash_attention_2."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Build a model that ships its own code (auto_map) from that code."),
-    as_json: bool = JSON_OPTION,
+    trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
+    as_json: opt.Json = False,
 ) -> None:
     """Exact trainable parameters, adapter size, extra FLOPs and training memory per target set and rank.
 

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from loradial.cli.common import JSON_OPTION, app, console, run
+from loradial.cli import options as opt
+from loradial.cli.common import app, console, run
 
 
 def _render(res) -> None:
@@ -64,7 +65,7 @@ def recommend_cmd(
     rules: Optional[Path] = typer.Option(None, "--rules", help="YAML file overriding the shipped rules (see loradial.rules)."),
     export: Optional[str] = typer.Option(None, "--export", help="Also write it as peft | trl | axolotl | llamafactory | unsloth | torchtune."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="File for --export (default: print it)."),
-    as_json: bool = JSON_OPTION,
+    as_json: opt.Json = False,
 ) -> None:
     """Recommend r, alpha, rsLoRA/DoRA, targets, LR, dropout and a batch that fits - each with its reason and source.
 

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from loradial.cli.common import JSON_OPTION, app, console, run
+from loradial.cli import options as opt
+from loradial.cli.common import app, console, run
 
 
 @app.command("report")
@@ -15,7 +16,7 @@ def report_cmd(
     directory: Path = typer.Argument(..., help="A sweep directory (results.json, metrics.jsonl), an analysis directory "
                                                "(analysis.json), or a directory holding them one level down."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output HTML file (default: DIR/report.html)."),
-    as_json: bool = JSON_OPTION,
+    as_json: opt.Json = False,
 ) -> None:
     """Write one self-contained HTML report (inline SVG charts, no scripts, no network) from what DIR holds:
     sweep loss curves, eval loss against rank and the results table; adapter spectra, effective ranks and the

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from loradial.cli.common import JSON_OPTION, app, console, run
+from loradial.cli import options as opt
+from loradial.cli.common import app, console, run
 
 
 @app.command("rescale")
@@ -19,9 +20,9 @@ def rescale_cmd(
     to: Optional[str] = typer.Option(None, "--to", help="'rslora' or 'lora': switch the scaling rule, outputs unchanged."),
     fold: bool = typer.Option(False, "--fold", help="Bake the factor into lora_B instead of editing alpha."),
     force: bool = typer.Option(False, "--force", help="Rescale a DoRA adapter although its output is not linear in s."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read adapter_model.bin (torch.load(weights_only=True))."),
-    as_json: bool = JSON_OPTION,
+    overwrite: opt.Overwrite = False,
+    allow_pickle: opt.AllowPickle = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Make an adapter quieter or louder, or switch between LoRA and rsLoRA scaling, without retraining.
 

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from loradial.cli.common import JSON_OPTION, app, console, run, short_types
+from loradial.cli import options as opt
+from loradial.cli.common import app, console, run, short_types
 
 
 @app.command("resize")
@@ -18,9 +19,9 @@ def resize_cmd(
     rank: Optional[int] = typer.Option(None, "--rank", help="Every module to rank min(K, r)."),
     energy: Optional[float] = typer.Option(None, "--energy", help="Per module, the smallest rank keeping this fraction of Σσ²."),
     budget: Optional[int] = typer.Option(None, "--budget", help="Total LoRA parameters; ranks allocated to keep the most energy."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read adapter_model.bin (torch.load(weights_only=True))."),
-    as_json: bool = JSON_OPTION,
+    overwrite: opt.Overwrite = False,
+    allow_pickle: opt.AllowPickle = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Make an adapter smaller: each module's ΔW becomes its best rank-k approximation (exact SVD of
     the factors), with rank_pattern / alpha_pattern written so PEFT rebuilds exactly that ΔW.

@@ -7,7 +7,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from loradial.cli.common import JSON_OPTION, app, console, run, split_list
+from loradial.cli import options as opt
+from loradial.settings import DEFAULT, SweepSettings
+from loradial.cli.common import app, console, run, split_list
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -48,9 +50,9 @@ def render(result) -> None:
 
 @app.command("sweep")
 def sweep_cmd(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local model directory (weights + tokenizer)."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data (.jsonl/.json/.csv/.parquet/.txt)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="New sweep directory."),
+    model: opt.ModelDir = None,
+    data: opt.Data = None,
+    out: opt.OutDir = None,
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the sweep in this directory (all settings come from its sweep.yaml)."),
     ranks: Optional[str] = typer.Option(None, "--ranks", help="Ranks, e.g. 4,8,16,32."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="'ratio:0.5,1,2' (alpha = ratio x r) or fixed values '16,32'. Default: alpha = r."),
@@ -60,30 +62,30 @@ def sweep_cmd(
     lr_rank_exponent: Optional[float] = typer.Option(None, "--lr-rank-exponent", help="lr(r) = lr x (r/16)^-exponent (default 0)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, e.g. 0,1,2."),
     grid: Optional[str] = typer.Option(None, "--grid", help="YAML grid with keys ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds (flags override)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps per config."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs over the training data (instead of --steps)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Sequences per micro-batch for each config."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    max_len: int = typer.Option(512, "--max-len", help="Maximum tokens per sequence."),
-    packing: bool = typer.Option(False, "--packing", help="Pack examples into blocks of --max-len tokens."),
-    dropout: float = typer.Option(0.0, "--dropout", help="lora_dropout of every config."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Eval data file (default: hold out --eval-fraction of --data)."),
-    eval_fraction: float = typer.Option(0.1, "--eval-fraction", help="Part of --data held out for eval when --eval-data is not given."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (always at the end and at halving rungs)."),
+    steps: opt.Steps = None,
+    epochs: opt.Epochs = None,
+    batch_size: opt.BatchSize = DEFAULT.batch_size,
+    grad_accum: opt.GradAccum = DEFAULT.grad_accum,
+    max_len: opt.MaxLen = DEFAULT.max_len,
+    packing: opt.Packing = DEFAULT.packing,
+    dropout: opt.Dropout = DEFAULT.dropout,
+    eval_data: opt.EvalData = None,
+    eval_fraction: opt.EvalFraction = SweepSettings.model_fields["eval_fraction"].default,
+    eval_every: opt.EvalEvery = None,
     halving: bool = typer.Option(False, "--halving", help="Successive halving: drop the worse half at fixed fractions of the budget."),
     halving_at: Optional[str] = typer.Option(None, "--halving-at", help="Rung fractions of the step budget (default 0.25,0.5)."),
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GiB per device the packer may plan for (default: free memory with a margin)."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Devices, e.g. cuda:0,cuda:1 (one pack per device) or cpu. Default: all local GPUs, else cpu."),
     pack_size: Optional[int] = typer.Option(None, "--pack-size", help="At most this many configs per pack."),
-    dtype: str = typer.Option("auto", "--dtype", help="Base weights dtype: auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations (less memory; the packer plans with it)."),
-    load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="QLoRA: 4-bit NF4 base (bitsandbytes, CUDA)."),
+    dtype: opt.Dtype = DEFAULT.dtype,
+    gradient_checkpointing: opt.GradientCheckpointing = DEFAULT.gradient_checkpointing,
+    load_in_4bit: opt.LoadIn4bit = DEFAULT.load_in_4bit,
     ray: Optional[str] = typer.Option(None, "--ray", help="Run the packs on a Ray cluster: auto (the running one), local (start one here) or an address. The sweep directory must be on a filesystem every node sees."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Let a model that ships its own code (auto_map) run it."),
+    trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Ray workers, one GPU each (default: every GPU of the cluster)."),
-    seed: int = typer.Option(0, "--seed", help="Data order and split seed."),
+    seed: opt.Seed = DEFAULT.seed,
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (also at every eval)."),
-    as_json: bool = JSON_OPTION,
+    as_json: opt.Json = False,
 ) -> None:
     """Train a grid of LoRA configs at once on one frozen base, and rank them by eval loss.
 

@@ -22,9 +22,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout (with schema_version).")
-
-
 def fail(err: LoradialError) -> None:
     """Print one line (plus the hint) on stderr and exit with the error's code."""
     console.print(f"[bold red]error:[/] {err.message}", markup=True, soft_wrap=True, highlight=False)

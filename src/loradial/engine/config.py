@@ -9,9 +9,9 @@ import re
 from typing import Any
 
 from loradial.errors import LoradialError
+from loradial.settings import DEFAULT, TrainSettings
 from loradial.spec import LoraSpec
 
-SCHEDULES = ("cosine", "linear", "constant")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -37,15 +37,15 @@ class AdapterConfig:
 
     name: str
     spec: LoraSpec
-    lr: float = 2e-4
+    lr: float = DEFAULT.lr
     """Peak AdamW learning rate."""
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
+    weight_decay: float = DEFAULT.weight_decay
+    schedule: str = DEFAULT.schedule
     """'cosine', 'linear' or 'constant' after a linear warmup (Hugging Face's formulas)."""
-    warmup_steps: int | None = None
+    warmup_steps: int | None = DEFAULT.warmup_steps
     """Warmup steps; when None, ceil(warmup_ratio · total steps)."""
-    warmup_ratio: float = 0.0
-    max_grad_norm: float | None = 1.0
+    warmup_ratio: float = DEFAULT.warmup_ratio
+    max_grad_norm: float | None = DEFAULT.max_grad_norm
     """Clip this adapter's gradient norm (None: no clipping)."""
     seed: int = 0
     """Init seed: A is drawn exactly as ``torch.manual_seed(seed); peft.get_peft_model(...)`` would."""
@@ -57,18 +57,9 @@ class AdapterConfig:
             raise LoradialError(f"adapter name {self.name!r} is not a safe name", "use letters, digits, '.', '_' or '-'")
         if isinstance(self.spec, dict):
             self.spec = LoraSpec(**self.spec)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise LoradialError(f"learning rate must be a positive number, got {self.lr!r}", "use e.g. --lr 2e-4")
-        if self.weight_decay < 0:
-            raise LoradialError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.schedule not in SCHEDULES:
-            raise LoradialError(f"unknown schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise LoradialError(f"warmup steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise LoradialError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise LoradialError(f"max grad norm must be positive or None, got {self.max_grad_norm}")
+        TrainSettings.checked(f"adapter {self.name}", lr=self.lr, weight_decay=self.weight_decay,
+                              schedule=self.schedule, warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio,
+                              max_grad_norm=self.max_grad_norm)  # the one set of checks
         s = self.spec
         if s.lora_bias or s.bias != "none" or s.modules_to_save:
             raise LoradialError("the engine trains LoRA factors (and DoRA magnitudes) only",

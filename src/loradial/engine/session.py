@@ -19,8 +19,9 @@ from loradial.io import atomic_write_json, check_output_dir
 from loradial.result import Result
 from loradial.engine.checkpoint import load_checkpoint, save_checkpoint, truncate_metrics
 from loradial.engine.config import AdapterConfig
+from loradial.models.load import load_model
+from loradial.settings import DEFAULT
 
-DTYPES = ("auto", "bf16", "fp32")
 _OUR_FILES = ("metrics.jsonl", "checkpoint", "adapters", "train_result.json")
 
 
@@ -38,46 +39,6 @@ class TrainResult(Result):
     device: str
     metrics: str
     resumed_from_step: int | None = None
-
-
-def load_model(model: str, *, dtype: str = "auto", load_in_4bit: bool = False, device: str | None = None,
-               trust_remote_code: bool = False):
-    """(model, tokenizer) from a local directory or a Hub id (``from_pretrained``; safetensors weights)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if dtype not in DTYPES:
-        raise LoradialError(f"unknown dtype {dtype!r}", f"use one of {', '.join(DTYPES)} (fp16 training is not supported)")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype == "auto":
-        dtype = "bf16" if dev.type == "cuda" else "fp32"
-    kw: dict[str, Any] = {"dtype": torch.bfloat16 if dtype == "bf16" else torch.float32,
-                          "trust_remote_code": trust_remote_code, "use_safetensors": True}
-    if load_in_4bit:
-        if dev.type != "cuda":
-            raise LoradialError("--load-in-4bit needs a CUDA GPU", "drop --load-in-4bit on this machine")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise LoradialError("--load-in-4bit needs bitsandbytes", "pip install 'loradial[qlora]'") from None
-        from transformers import BitsAndBytesConfig
-
-        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                       bnb_4bit_use_double_quant=True,
-                                                       bnb_4bit_compute_dtype=torch.bfloat16)
-        kw["device_map"] = {"": dev.index or 0}
-    where = Path(model).expanduser()
-    if not where.is_dir() and (where.exists() or model.startswith((".", "/", "~"))):
-        raise LoradialError(f"model {model!r} is not a model directory", "pass a directory with config.json, or a Hub id")
-    try:
-        m = AutoModelForCausalLM.from_pretrained(str(where) if where.is_dir() else model, **kw)
-        tok = AutoTokenizer.from_pretrained(str(where) if where.is_dir() else model, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise LoradialError(f"could not load {model!r}: {str(e).splitlines()[0][:200]}",
-                            "check the path or Hub id (and your network for Hub ids)") from None
-    if not load_in_4bit:
-        m.to(dev)
-    return m, tok
 
 
 def _examples(data, tokenizer, max_len, eval_data, eval_fraction, packing, seed):
@@ -166,12 +127,15 @@ class TrainSession:
         return res
 
 
-def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, tokenizer=None, batch_size: int = 8,
-                 steps: int | None = None, epochs: float | None = None, max_len: int = 1024, eval_data=None,
-                 eval_fraction: float = 0.0, packing: bool = False, seed: int = 0, save_every: int | None = None,
-                 eval_every: int | None = None, resume: bool = False, gradient_checkpointing: bool = False,
-                 dtype: str = "auto", load_in_4bit: bool = False, grad_accum: int = 1, overwrite: bool = False,
-                 device: str | None = None, trust_remote_code: bool = False, **engine_kw) -> TrainSession:
+def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, tokenizer=None,
+                 batch_size: int = DEFAULT.batch_size, steps: int | None = None, epochs: float | None = None,
+                 max_len: int = DEFAULT.max_len, eval_data=None, eval_fraction: float = 0.0,
+                 packing: bool = DEFAULT.packing, seed: int = DEFAULT.seed, save_every: int | None = None,
+                 eval_every: int | None = None, resume: bool = False,
+                 gradient_checkpointing: bool = DEFAULT.gradient_checkpointing, dtype: str = DEFAULT.dtype,
+                 load_in_4bit: bool = DEFAULT.load_in_4bit, grad_accum: int = DEFAULT.grad_accum,
+                 overwrite: bool = False, device: str | None = None,
+                 trust_remote_code: bool = DEFAULT.trust_remote_code, **engine_kw) -> TrainSession:
     """Build a run in ``out`` (or, with ``resume=True``, continue the one checkpointed there).
 
     Everything (settings, data, model, targets) is checked before ``out`` is touched: with

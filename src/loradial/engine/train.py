@@ -8,10 +8,12 @@ resumable ``checkpoint/``. Several configurations at once: ``train_many`` (engin
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from loradial.errors import LoradialError
+from loradial.settings import DEFAULT, TrainSettings
 from loradial.spec import LoraSpec
 from loradial.engine.config import AdapterConfig
 from loradial.engine.session import TrainResult, train_many
@@ -34,14 +36,17 @@ def model_info(model, trust_remote_code: bool = False):
 
 
 def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora: bool = False, use_dora: bool = False,
-          targets: str | list[str] = "all-linear", lr: float = 2e-4, steps: int | None = None, epochs: float | None = None,
-          batch_size: int = 8, max_len: int = 1024, out: str | Path | None = None, eval_data=None,
-          eval_fraction: float = 0.0, dropout: float = 0.0, seed: int = 0, save_every: int | None = None,
-          eval_every: int | None = None, resume: str | Path | None = None, gradient_checkpointing: bool = False,
-          dtype: str = "auto", load_in_4bit: bool = False, packing: bool = False, weight_decay: float = 0.0,
-          schedule: str = "cosine", warmup_ratio: float = 0.03, warmup_steps: int | None = None,
-          max_grad_norm: float | None = 1.0, grad_accum: int = 1, tokenizer=None, name: str = "default",
-          overwrite: bool = False, progress: bool = False, trust_remote_code: bool = False, **engine_kw: Any) -> TrainResult:
+          targets: str | list[str] = "all-linear", lr: float = DEFAULT.lr, steps: int | None = None,
+          epochs: float | None = None, batch_size: int = DEFAULT.batch_size, max_len: int = DEFAULT.max_len,
+          out: str | Path | None = None, eval_data=None, eval_fraction: float = 0.0, dropout: float = DEFAULT.dropout,
+          seed: int = DEFAULT.seed, save_every: int | None = None, eval_every: int | None = None,
+          resume: str | Path | None = None, gradient_checkpointing: bool = DEFAULT.gradient_checkpointing,
+          dtype: str = DEFAULT.dtype, load_in_4bit: bool = DEFAULT.load_in_4bit, packing: bool = DEFAULT.packing,
+          weight_decay: float = DEFAULT.weight_decay, schedule: str = DEFAULT.schedule,
+          warmup_ratio: float = DEFAULT.warmup_ratio, warmup_steps: int | None = DEFAULT.warmup_steps,
+          max_grad_norm: float | None = DEFAULT.max_grad_norm, grad_accum: int = DEFAULT.grad_accum, tokenizer=None,
+          name: str = "default", overwrite: bool = False, progress: bool = False,
+          trust_remote_code: bool = DEFAULT.trust_remote_code, **engine_kw: Any) -> TrainResult:
     """Train one adapter on ``data`` and save it as a PEFT adapter under ``out/adapters/<name>``.
 
     ``targets``: 'all-linear', 'attention', 'mlp', 'q_proj,v_proj' or 're:<regex>' (PEFT's rules).
@@ -59,14 +64,22 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
         raise LoradialError("give exactly one of steps and epochs", "use --steps N or --epochs E")
     from loradial.models.targets import resolve_targets
 
+    t = TrainSettings.checked("flags", lr=lr, batch_size=batch_size, max_len=max_len, dropout=dropout, seed=seed,
+                              gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit,
+                              packing=packing, weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
+                              warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, grad_accum=grad_accum,
+                              trust_remote_code=trust_remote_code)
+    spec = LoraSpec(r=rank, lora_alpha=alpha, target_modules="all-linear", use_rslora=use_rslora, use_dora=use_dora,
+                    lora_dropout=t.dropout)  # checks r and alpha before the model is read
     needs_info = isinstance(targets, str) and targets.strip() in ("attention", "mlp")
     target_modules = resolve_targets(targets, model_info(model, trust_remote_code)) if needs_info else resolve_targets(targets, None)
-    spec = LoraSpec(r=rank, lora_alpha=alpha, target_modules=target_modules, use_rslora=use_rslora,
-                    use_dora=use_dora, lora_dropout=dropout)
-    cfg = AdapterConfig(name, spec, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
-                        warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, seed=seed)
-    return train_many(model, data, [cfg], out=out, tokenizer=tokenizer, batch_size=batch_size, steps=steps,
-                      epochs=epochs, max_len=max_len, eval_data=eval_data, eval_fraction=eval_fraction, packing=packing,
-                      seed=seed, save_every=save_every, eval_every=eval_every, gradient_checkpointing=gradient_checkpointing,
-                      dtype=dtype, load_in_4bit=load_in_4bit, grad_accum=grad_accum, overwrite=overwrite,
-                      progress=progress, trust_remote_code=trust_remote_code, **engine_kw)
+    spec = dataclasses.replace(spec, target_modules=target_modules)
+    cfg = AdapterConfig(name, spec, lr=t.lr, weight_decay=t.weight_decay, schedule=t.schedule,
+                        warmup_ratio=t.warmup_ratio, warmup_steps=t.warmup_steps, max_grad_norm=t.max_grad_norm,
+                        seed=t.seed)
+    return train_many(model, data, [cfg], out=out, tokenizer=tokenizer, batch_size=t.batch_size, steps=steps,
+                      epochs=epochs, max_len=t.max_len, eval_data=eval_data, eval_fraction=eval_fraction,
+                      packing=t.packing, seed=t.seed, save_every=save_every, eval_every=eval_every,
+                      gradient_checkpointing=t.gradient_checkpointing, dtype=t.dtype, load_in_4bit=t.load_in_4bit,
+                      grad_accum=t.grad_accum, overwrite=overwrite, progress=progress,
+                      trust_remote_code=t.trust_remote_code, **engine_kw)

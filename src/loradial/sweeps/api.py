@@ -1,12 +1,12 @@
 """``loradial.sweep``: which rank / alpha / variant / learning rate is best on *your* data?
 
-Every config of the grid (``loradial.grid``) trains on one frozen base through the multi-adapter
-engine: configs are grouped into packs that fit the device (``sweep_pack``), each pack trains its
+Every config of the grid (``sweeps/grid.py``) trains on one frozen base through the multi-adapter
+engine: configs are grouped into packs that fit the device (``sweeps/pack.py``), each pack trains its
 adapters side by side, each on its own slice of every batch, and the packs run one after another
 on one device or one per device. With ``halving`` the budget is cut into rungs
-(``loradial.halving``): after each rung all surviving configs are compared by eval loss at the same
+(``sweeps/halving.py``): after each rung all surviving configs are compared by eval loss at the same
 step and the worse half stops; the survivors are packed again, so their freed batch slots are
-reused. The run is durable (``sweep_state``): a ``kill -9`` at any moment and ``--resume`` end with
+reused. The run is durable (``sweeps/state.py``): a ``kill -9`` at any moment and ``--resume`` end with
 the same results.json and adapters as an uninterrupted run.
 
 Run order: for each rung, for each pack of the configs alive at that rung, one *segment* trains the
@@ -22,28 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from loradial.errors import LoradialError
-from loradial.result import Result
+from loradial.sweeps.results import SweepResult
+from loradial.settings import DEFAULT, SweepSettings, TrainSettings
 from loradial.sweeps.state import SweepDir, check_new_sweep_dir, create_sweep_dir, open_sweep_dir
-
-SETTINGS_VERSION = 1
-
-
-@dataclasses.dataclass
-class SweepResult(Result):
-    """What results.json holds: one entry per config, the best one, and the LR-rank fit."""
-
-    out: str
-    best: str | None
-    configs: list[dict[str, Any]]
-    lr_rank_fit: dict[str, Any] | None
-    n_packs: int
-    """Packs the full grid needed (the first rung's; later rungs re-pack the survivors)."""
-    packs: list[list[list[str]]]
-    """Per rung, the packs (lists of config names) that trained in it."""
-    settings: dict[str, Any]
-    devices: list[str]
-    wall_seconds: float
-    resumed: bool = False
 
 
 def sweep(
@@ -61,27 +42,27 @@ def sweep(
     grid: str | Path | None = None,
     steps: int | None = None,
     epochs: float | None = None,
-    batch_size: int = 4,
-    max_len: int = 512,
+    batch_size: int = DEFAULT.batch_size,
+    max_len: int = DEFAULT.max_len,
     eval_data: str | None = None,
-    eval_fraction: float = 0.1,
+    eval_fraction: float = SweepSettings.model_fields["eval_fraction"].default,
     eval_every: int | None = None,
     halving: bool = False,
     halving_at: str | Sequence[float] | None = None,
     gpu_memory: float | None = None,
     devices: Sequence[str] | None = None,
     pack_size: int | None = None,
-    dtype: str = "auto",
-    seed: int = 0,
+    dtype: str = DEFAULT.dtype,
+    seed: int = DEFAULT.seed,
     checkpoint_every: int | None = None,
-    gradient_checkpointing: bool = False,
-    grad_accum: int = 1,
-    dropout: float = 0.0,
-    packing: bool = False,
-    load_in_4bit: bool = False,
+    gradient_checkpointing: bool = DEFAULT.gradient_checkpointing,
+    grad_accum: int = DEFAULT.grad_accum,
+    dropout: float = DEFAULT.dropout,
+    packing: bool = DEFAULT.packing,
+    load_in_4bit: bool = DEFAULT.load_in_4bit,
     ray: str | None = None,
     ray_workers: int | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = DEFAULT.trust_remote_code,
     resume: bool = False,
     progress: bool = False,
 ) -> SweepResult:
@@ -94,7 +75,7 @@ def sweep(
 
     ``ray`` runs the packs on a Ray cluster instead of local devices ('auto': the running cluster,
     'local': a private one here, or an address), one worker per GPU (``ray_workers`` of them; see
-    ``loradial.sweep_ray``).
+    ``loradial.sweeps.ray_exec``).
 
     ``trust_remote_code`` lets a model that ships its own code (``auto_map``) run it (kept in sweep.yaml,
     so workers and ``--resume`` use it too).
@@ -109,22 +90,23 @@ def sweep(
         sd = open_sweep_dir(out)
         settings = sd.read_settings()
         if sd.results_path.exists() and sd.read_state().get("finished"):
-            return _result_from_file(sd, settings)
+            return _result_from_file(sd)
         sd.lock()
         ctx = sweep_setup.load_context(settings, devices, ray, ray_workers)
     else:
         sd = check_new_sweep_dir(out)
+        train = TrainSettings.checked("flags", batch_size=batch_size, max_len=max_len, dtype=dtype, seed=seed,
+                                      gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
+                                      dropout=dropout, packing=packing, load_in_4bit=load_in_4bit,
+                                      trust_remote_code=trust_remote_code)
         settings, ctx = sweep_setup.resolve(
             model=model, data=data, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
             lr_rank_exponent=lr_rank_exponent, seeds=seeds, grid=grid, steps=steps, epochs=epochs,
-            batch_size=batch_size, max_len=max_len, eval_data=eval_data, eval_fraction=eval_fraction,
-            eval_every=eval_every, halving=halving, halving_at=halving_at, gpu_memory=gpu_memory,
-            devices=devices, pack_size=pack_size, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
-            gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum, dropout=dropout, packing=packing,
-            load_in_4bit=load_in_4bit, ray=ray, ray_workers=ray_workers,
-            trust_remote_code=trust_remote_code,
+            eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every, halving=halving,
+            halving_at=halving_at, gpu_memory=gpu_memory, devices=devices, pack_size=pack_size,
+            checkpoint_every=checkpoint_every, train=train, ray=ray, ray_workers=ray_workers,
         )
-        create_sweep_dir(sd, sweep_setup.settings_yaml(settings), sweep_runner.initial_state(settings))
+        create_sweep_dir(sd, settings.to_yaml(), sweep_runner.initial_state(settings))
         sd.lock()
     from loradial.sweeps.segment import release
 
@@ -136,7 +118,7 @@ def sweep(
         sd.unlock()
 
 
-def _result_from_file(sd: SweepDir, settings: dict[str, Any]) -> SweepResult:
+def _result_from_file(sd: SweepDir) -> SweepResult:
     """A finished sweep resumed again: report results.json as it stands, train nothing."""
     from loradial.io import read_json
 
@@ -145,12 +127,3 @@ def _result_from_file(sd: SweepDir, settings: dict[str, Any]) -> SweepResult:
     kw = {k: v for k, v in data.items() if k in fields}
     kw["resumed"] = True
     return SweepResult(**kw)
-
-
-def load_results(path: str | Path) -> SweepResult:
-    """Read the results.json of a finished sweep directory."""
-    sd = open_sweep_dir(path)
-    if not sd.results_path.exists():
-        raise LoradialError(f"sweep {path} has not finished (no results.json)", f"continue it with `loradial sweep --resume {path}`")
-    return _result_from_file(sd, sd.read_settings())
-

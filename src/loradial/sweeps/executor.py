@@ -5,7 +5,7 @@ Several devices (``--devices cuda:0,cuda:1``): one ``torch.multiprocessing`` wor
 (spawned, so CUDA is initialised in each child only), each loading the base once and taking the
 next segment from a shared queue; the parent commits each finished segment and draws the progress
 bars. A worker that fails stops the sweep with a runtime error (exit 1); the sweep can be resumed.
-Ray (``--ray``, ``sweep_ray``): the same workers and the same driver loop, as Ray tasks on a cluster.
+Ray (``--ray``, ``ray_exec.py``): the same workers and the same driver loop, as Ray tasks on a cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import queue as _queue
 import traceback
 from typing import Any, Callable
 
+from loradial.settings import SweepSettings
 from loradial.errors import LoradialError, runtime_failure
 
 
@@ -32,16 +33,13 @@ def _label(job: dict[str, Any], n_rungs: int) -> str:
     return f"{rung}pack {job['pack'] + 1} ({len(job['members'])} configs)"
 
 
-def execute(jobs: list[dict[str, Any]], settings: dict[str, Any], ctx: Any,
+def execute(jobs: list[dict[str, Any]], settings: SweepSettings, ctx: Any,
             on_done: Callable[[dict[str, Any], dict[str, Any]], None], *, progress: bool = False, n_rungs: int = 1) -> None:
-    """Run ``jobs`` (segments of one rung) and call ``on_done(job, outcome)`` for each, in this process."""
+    """Run ``jobs`` (segments of one rung) on local devices and call ``on_done(job, outcome)`` for each,
+    in this process (Ray clusters: ``ray_exec.execute_ray``, the same contract)."""
     if not jobs:
         return
-    from loradial.sweeps.ray_exec import execute_ray, is_ray
-
-    if is_ray(ctx.devices):
-        execute_ray(jobs, settings, ctx.devices, on_done, progress, n_rungs)
-    elif len(ctx.devices) <= 1 or len(jobs) == 1:
+    if len(ctx.devices) <= 1 or len(jobs) == 1:
         _execute_local(jobs, settings, ctx, on_done, progress, n_rungs)
     else:
         _execute_pool(jobs, settings, ctx, on_done, progress, n_rungs)
@@ -72,13 +70,13 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker(device: str, settings: dict[str, Any], devices: list[str], jobs_q, results_q, parent: int) -> None:
+def _worker(device: str, settings: SweepSettings, devices: list[str], jobs_q, results_q, parent: int) -> None:
     """Child process: exit with the parent; serve segments on ``device``."""
     _exit_with_parent(parent)
     serve(device, settings, devices, jobs_q, results_q)
 
 
-def serve(device: str, settings: dict[str, Any], devices: list[str], jobs_q, results_q) -> None:
+def serve(device: str, settings: SweepSettings, devices: list[str], jobs_q, results_q) -> None:
     """A worker: load the context and the base on ``device``, then run segments from ``jobs_q`` until a
     None, reporting ("step", id, step), ("done", id, outcome) or ("error", device, message) on ``results_q``."""
     try:

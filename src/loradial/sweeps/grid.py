@@ -17,10 +17,10 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from loradial.advice.rules import R_REF, lr_for_rank
 from loradial.errors import LoradialError
 
 VARIANTS = ("lora", "rslora", "dora")
-R_REF = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +77,6 @@ def _positive(value: Any, what: str) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise LoradialError(f"{what} must be positive, got {value!r}", f"{what}: give a positive number")
     return v
-
-
-def lr_for_rank(lr: float, r: int, exponent: float, r_ref: int = R_REF) -> float:
-    """lr(r) = lr * (r / r_ref) ** (-exponent); exponent 0 keeps lr at every rank."""
-    return lr * (r / r_ref) ** (-exponent)
 
 
 def format_number(x: float) -> str:

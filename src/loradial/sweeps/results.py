@@ -17,10 +17,32 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
+from loradial.result import Result
 from loradial.sweeps.halving import rank_key
+
+
+@dataclasses.dataclass
+class SweepResult(Result):
+    """What results.json holds: one entry per config, the best one, and the LR-rank fit."""
+
+    out: str
+    best: str | None
+    configs: list[dict[str, Any]]
+    lr_rank_fit: dict[str, Any] | None
+    n_packs: int
+    """Packs the full grid needed (the first rung's; later rungs re-pack the survivors)."""
+    packs: list[list[list[str]]]
+    """Per rung, the packs (lists of config names) that trained in it."""
+    settings: dict[str, Any]
+    devices: list[str]
+    wall_seconds: float
+    resumed: bool = False
+
+
 
 TRAIN_WINDOW = 0.10
 

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from loradial.errors import runtime_failure
+from loradial.settings import SweepSettings
 from loradial.sweeps.state import STATE_VERSION, SweepDir, fault
 
 
-def initial_state(settings: dict[str, Any]) -> dict[str, Any]:
+def initial_state(settings: SweepSettings) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "rung": 0,
@@ -37,9 +38,9 @@ def initial_state(settings: dict[str, Any]) -> dict[str, Any]:
         "rung_packs": [],
         "segments_done": [],
         "configs": {
-            c["name"]: {"status": "alive", "step": 0, "checkpoint": None, "eval_loss": None, "stopped_at": None,
+            c.name: {"status": "alive", "step": 0, "checkpoint": None, "eval_loss": None, "stopped_at": None,
                         "pack": None, "train_seconds": 0.0, "peak_memory_bytes": None}
-            for c in settings["configs"]
+            for c in settings.configs
         },
     }
 
@@ -50,15 +51,15 @@ def eval_steps(start: int, end: int, every: int | None) -> list[int]:
     return sorted(pts | {end})
 
 
-def _packs_for(settings: dict[str, Any], alive: list[str]) -> list[list[str]]:
+def _packs_for(settings: SweepSettings, alive: list[str]) -> list[list[str]]:
     from loradial.sweeps.pack import ConfigCost, make_packs
 
-    costs = {c["name"]: ConfigCost(**c) for c in settings["costs"]}
-    return make_packs([costs[n] for n in alive], settings["budget_bytes"], settings.get("pack_size"))
+    costs = {c.name: ConfigCost(**c.model_dump()) for c in settings.costs}
+    return make_packs([costs[n] for n in alive], settings.budget_bytes, settings.pack_size)
 
 
-def segment_jobs(sd: SweepDir, settings: dict[str, Any], state: dict[str, Any], rung: int) -> list[dict[str, Any]]:
-    bounds = settings["halving_boundaries"]
+def segment_jobs(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: int) -> list[dict[str, Any]]:
+    bounds = settings.halving_boundaries
     start, end = (bounds[rung - 1] if rung else 0), bounds[rung]
     final = rung == len(bounds) - 1
     jobs = []
@@ -68,8 +69,8 @@ def segment_jobs(sd: SweepDir, settings: dict[str, Any], state: dict[str, Any], 
             continue
         jobs.append({
             "id": seg, "rung": rung, "pack": j, "members": list(members), "start": start, "end": end,
-            "eval_steps": eval_steps(start, end, settings.get("eval_every")),
-            "checkpoint_every": settings.get("checkpoint_every"),
+            "eval_steps": eval_steps(start, end, settings.eval_every),
+            "checkpoint_every": settings.checkpoint_every,
             "checkpoints": {n: state["configs"][n]["checkpoint"] for n in members},
             "out_checkpoints": {n: str(sd.checkpoint_dir(n) / f"step-{end}") for n in members},
             "work": str(sd.pack_dir(seg)),
@@ -123,14 +124,14 @@ def commit_segment(sd: SweepDir, state: dict[str, Any], job: dict[str, Any], out
     shutil.rmtree(job["work"], ignore_errors=True)
 
 
-def halve(sd: SweepDir, settings: dict[str, Any], state: dict[str, Any], rung: int) -> None:
+def halve(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: int) -> None:
     """Stop the worse half of the configs alive at this rung (compared at the same step)."""
     from loradial.sweeps.halving import survivors
 
-    alive = [c["name"] for c in settings["configs"] if state["configs"][c["name"]]["status"] == "alive"]
-    params = {c["name"]: c["trainable_params"] for c in settings["configs"]}
+    alive = [n for n in settings.names if state["configs"][n]["status"] == "alive"]
+    params = {c.name: c.trainable_params for c in settings.configs}
     keep = set(survivors({n: state["configs"][n]["eval_loss"] for n in alive}, params))
-    step = settings["halving_boundaries"][rung]
+    step = settings.halving_boundaries[rung]
     for n in alive:
         if n in keep:
             continue
@@ -143,16 +144,16 @@ def halve(sd: SweepDir, settings: dict[str, Any], state: dict[str, Any], rung: i
     sd.write_state(state)
 
 
-def run(sd: SweepDir, settings: dict[str, Any], ctx: Any, progress: bool = False) -> None:
+def run(sd: SweepDir, settings: SweepSettings, ctx: Any, progress: bool = False) -> None:
     """Train every rung to its end, committing as it goes; idempotent after any kill."""
-    from loradial.sweeps.executor import execute
+    from loradial.sweeps.devices import is_ray
 
     state = sd.read_state()
     if state.get("finished"):
         return
     sd.truncate_metrics(state["metrics_bytes"])
-    bounds = settings["halving_boundaries"]
-    names = [c["name"] for c in settings["configs"]]
+    bounds = settings.halving_boundaries
+    names = settings.names
     for rung in range(state["rung"], len(bounds)):
         if len(state["rung_packs"]) <= rung:
             alive = [n for n in names if state["configs"][n]["status"] == "alive"]
@@ -163,7 +164,14 @@ def run(sd: SweepDir, settings: dict[str, Any], ctx: Any, progress: bool = False
         def on_done(job: dict[str, Any], outcome: dict[str, Any]) -> None:
             commit_segment(sd, state, job, outcome)
 
-        execute(jobs, settings, ctx, on_done, progress=progress, n_rungs=len(bounds))
+        if is_ray(ctx.devices):
+            from loradial.sweeps.ray_exec import execute_ray  # imports Ray's client only when asked for
+
+            execute_ray(jobs, settings, ctx.devices, on_done, progress, len(bounds))
+        else:
+            from loradial.sweeps.executor import execute
+
+            execute(jobs, settings, ctx, on_done, progress=progress, n_rungs=len(bounds))
         if rung < len(bounds) - 1:
             halve(sd, settings, state, rung)
         else:
@@ -171,11 +179,10 @@ def run(sd: SweepDir, settings: dict[str, Any], ctx: Any, progress: bool = False
             sd.write_state(state)
 
 
-def finish(sd: SweepDir, settings: dict[str, Any], ctx: Any, *, wall_seconds: float, resumed: bool):
+def finish(sd: SweepDir, settings: SweepSettings, ctx: Any, *, wall_seconds: float, resumed: bool):
     """Write results.json (from metrics.jsonl + state.json), mark the sweep finished, clean work/."""
     from loradial.io import atomic_write_json
-    from loradial.sweeps.api import SweepResult
-    from loradial.sweeps.results import config_result, curves, lr_rank_fit, pick_best, verdicts
+    from loradial.sweeps.results import SweepResult, config_result, curves, lr_rank_fit, pick_best, verdicts
 
     state = sd.read_state()
     lines = sd.read_metrics()
@@ -183,19 +190,19 @@ def finish(sd: SweepDir, settings: dict[str, Any], ctx: Any, *, wall_seconds: fl
     keys = ("name", "r", "lora_alpha", "use_rslora", "use_dora", "variant", "targets", "target_modules",
             "learning_rate", "seed")
     configs = []
-    for entry in settings["configs"]:
-        c = state["configs"][entry["name"]]
-        curve = by_name.get(entry["name"])
+    for entry in settings.configs:
+        c = state["configs"][entry.name]
+        curve = by_name.get(entry.name)
         configs.append(config_result(
-            {k: entry[k] for k in keys}, curve, trainable_params=entry["trainable_params"],
+            {k: getattr(entry, k) for k in keys}, curve, trainable_params=entry.trainable_params,
             steps=curve["train"][-1][0] if curve and curve["train"] else 0, stopped_at=c["stopped_at"], pack=c["pack"], train_seconds=c["train_seconds"],
-            peak_memory_bytes=c["peak_memory_bytes"], verdict=verdict.get(entry["name"]),
+            peak_memory_bytes=c["peak_memory_bytes"], verdict=verdict.get(entry.name),
         ))
     packs = state["rung_packs"]
     result = SweepResult(
         out=str(sd.root), best=pick_best(configs), configs=configs, lr_rank_fit=lr_rank_fit(configs),
         n_packs=len(packs[0]) if packs else 0, packs=packs,
-        settings={k: v for k, v in settings.items() if k not in ("configs", "costs")},
+        settings=settings.model_dump(mode="json", exclude={"configs", "costs"}),
         devices=list(ctx.devices), wall_seconds=wall_seconds, resumed=resumed,
     )
     fault("finish")

@@ -28,20 +28,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loradial.errors import LoradialError
+from loradial.settings import SweepSettings
+from loradial.sweeps.setup import adapter_configs
 from loradial.sweeps.state import fault
 
 #: Without --checkpoint-every, a running segment checkpoints every this many seconds.
 CHECKPOINT_SECONDS = 600.0
 #: Eval keeps no activations for backward, so its batches can be larger than the training ones.
 EVAL_BATCH_FACTOR = 2
-TRAIN_DEFAULTS = {"schedule": "cosine", "warmup_ratio": 0.03, "weight_decay": 0.0, "max_grad_norm": 1.0}
 
 
 @dataclasses.dataclass
 class SegmentEnv:
     """The loaded base model and tokenized data of one process on one device (reused by its segments)."""
 
-    settings: dict[str, Any]
+    settings: SweepSettings
     model: Any
     train: list[dict]
     eval: list[dict]
@@ -49,18 +50,16 @@ class SegmentEnv:
     device: str
 
     @classmethod
-    def shared(cls, settings: dict[str, Any], ctx: Any, device: str) -> "SegmentEnv":
+    def shared(cls, settings: SweepSettings, ctx: Any, device: str) -> "SegmentEnv":
         """This sweep's env on ``device``; the base model is loaded once per process and kept until ``release``."""
-        from loradial.sweeps.setup import train_setting
-
-        four_bit = bool(train_setting(settings, "load_in_4bit"))
-        key = (settings["model"], device, settings["dtype"], four_bit)
+        t = settings.train
+        key = (settings.model, device, t.dtype, t.load_in_4bit)
         if key not in _MODELS:
-            from loradial.engine.session import load_model
+            from loradial.models.load import load_model
 
             release()  # one base per process
-            _MODELS[key] = load_model(settings["model"], dtype=settings["dtype"], load_in_4bit=four_bit, device=device,
-                                      trust_remote_code=bool(train_setting(settings, "trust_remote_code")))[0]
+            _MODELS[key] = load_model(settings.model, dtype=t.dtype, load_in_4bit=t.load_in_4bit, device=device,
+                                      trust_remote_code=t.trust_remote_code)[0]
         tok = ctx.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         return cls(settings, _MODELS[key], ctx.train, ctx.eval, pad, device)
@@ -87,23 +86,6 @@ def release() -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # give the memory back to other users of the GPU
-
-
-def adapter_configs(settings: dict[str, Any], names: list[str]) -> list:
-    from loradial.engine import AdapterConfig
-    from loradial.spec import LoraSpec
-    from loradial.sweeps.setup import train_setting
-
-    by_name = {c["name"]: c for c in settings["configs"]}
-    dropout = float(train_setting(settings, "dropout"))
-    train = {**TRAIN_DEFAULTS, **(settings.get("train") or {})}
-    out = []
-    for n in names:
-        c = by_name[n]
-        spec = LoraSpec(r=c["r"], lora_alpha=c["lora_alpha"], target_modules=c["target_modules"],
-                        use_rslora=c["use_rslora"], use_dora=c["use_dora"], lora_dropout=dropout)
-        out.append(AdapterConfig(n, spec, lr=c["learning_rate"], seed=c["seed"], **train))
-    return out
 
 
 # --- per-config checkpoints ------------------------------------------------------------------------
@@ -174,9 +156,9 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
     otherwise a new one, restored from the segment's own checkpoint or from the members' checkpoints."""
     from loradial.engine import AdapterConfig, Engine
     from loradial.engine.checkpoint import find_checkpoint, load_checkpoint, truncate_metrics
-    from loradial.sweeps.setup import train_setting
 
     s, work = env.settings, Path(job["work"])
+    t = s.train
     try:
         find_checkpoint(work)
         resumable = True
@@ -198,10 +180,10 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
         tensors, meta = load_checkpoint(work)
         configs = [AdapterConfig.from_dict(d) for d in meta["adapters"]]  # may hold adapters dropped in-segment
     try:
-        engine = Engine(env.model, configs, env.train, batch_size=s["batch_size"], steps=s["steps"], eval=env.eval,
-                        eval_batch_size=EVAL_BATCH_FACTOR * s["batch_size"], grad_accum=int(train_setting(s, "grad_accum")),
-                        gradient_checkpointing=bool(train_setting(s, "gradient_checkpointing")),
-                        pad_token_id=env.pad_token_id, seed=s["seed"], metrics_path=metrics, base_model_name=s["model"],
+        engine = Engine(env.model, configs, env.train, batch_size=t.batch_size, steps=s.steps, eval=env.eval,
+                        eval_batch_size=EVAL_BATCH_FACTOR * t.batch_size, grad_accum=t.grad_accum,
+                        gradient_checkpointing=t.gradient_checkpointing,
+                        pad_token_id=env.pad_token_id, seed=t.seed, metrics_path=metrics, base_model_name=s.model,
                         check_head=id(env.model) not in _HEAD_CHECKED)  # once per loaded base
     except ValueError as e:  # e.g. transformers: this model does not support gradient checkpointing
         raise LoradialError(f"the engine refused this sweep's settings: {str(e).splitlines()[0][:200]}",
@@ -218,14 +200,14 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
     return engine
 
 
-def seed_segment(settings: dict[str, Any], job: dict[str, Any]) -> None:
+def seed_segment(settings: SweepSettings, job: dict[str, Any]) -> None:
     """Seed the RNG (CPU and CUDA) of a segment that starts at its rung's first step, from the sweep's seed
     and that step: the dropout masks are then the same whether the engine was kept in memory, built
     fresh or rebuilt from checkpoints on --resume. (A segment continued from its own checkpoint gets
     the RNG states saved in it.) Nothing else in training draws random numbers."""
     import torch
 
-    torch.manual_seed(int(settings["seed"]) * 1_000_003 + int(job["start"]))
+    torch.manual_seed(settings.train.seed * 1_000_003 + int(job["start"]))
 
 
 def torch_device(device: str):

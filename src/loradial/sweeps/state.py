@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from loradial.errors import LoradialError
+from loradial.settings import SweepSettings
 from loradial.io import atomic_dir, atomic_write_json, atomic_write_text
 
 STATE_VERSION = 1
@@ -83,19 +84,13 @@ class SweepDir:
     def write_state(self, state: dict[str, Any]) -> None:
         atomic_write_json(self.state_path, state)
 
-    def read_settings(self) -> dict[str, Any]:
-        import yaml
-
+    def read_settings(self) -> SweepSettings:
         try:
-            data = yaml.safe_load(self.settings_path.read_text())
+            text = self.settings_path.read_text()
         except FileNotFoundError:
             raise LoradialError(f"{self.root} is not a sweep directory (no {MARKER})",
                                 "pass the --out directory of an earlier `loradial sweep`") from None
-        except yaml.YAMLError as e:
-            raise LoradialError(f"{self.settings_path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict) or "configs" not in data:
-            raise LoradialError(f"{self.settings_path} is not a loradial sweep file")
-        return data
+        return SweepSettings.from_yaml(text, str(self.settings_path))
 
     # --- metrics.jsonl --------------------------------------------------------------------------
     def metrics_size(self) -> int:
