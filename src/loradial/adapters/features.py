@@ -115,7 +115,7 @@ FEATURES: tuple[Feature, ...] = (
     # --- metadata -------------------------------------------------------------------------------------------
     _row("task_type", "task_type", HARMLESS, "metadata for a causal LM adapter", case="null or 'CAUSAL_LM'",
          engaged=lambda v, c: not _not_causal(v, c)),
-    _row("task_type", "a non-causal-LM adapter (task_type)", {**_FACTORS_ONLY, PLAN: NOT_OFFERED},
+    _row("task_type", "a non-causal-LM adapter", {**_FACTORS_ONLY, PLAN: NOT_OFFERED},
          "loradial loads the base with AutoModelForCausalLM; a SEQ_CLS / TOKEN_CLS / SEQ_2_SEQ_LM / ... adapter belongs to "
          "another head (PEFT adds e.g. 'score' / 'classifier' to modules_to_save), so evaluating or merging it as a "
          "causal LM would not be the adapter; its LoRA factors are read exactly",
@@ -123,7 +123,7 @@ FEATURES: tuple[Feature, ...] = (
          case="anything else", engaged=_not_causal),
     _row("peft_type", "peft_type", EXACT, "must be LORA: the only adapter type loradial reads", case="'LORA'",
          engaged=lambda v, c: not _not_lora(v, c), plan=HARMLESS),
-    _row("peft_type", "a non-LoRA adapter (peft_type)", _ALL_REFUSED, "loradial reads PEFT LoRA adapters only",
+    _row("peft_type", "a non-LoRA adapter", _ALL_REFUSED, "loradial reads PEFT LoRA adapters only",
          "use PEFT for other adapter types", case="anything else", engaged=_not_lora),
     _row("auto_mapping", "auto_mapping", _ALL_HARMLESS, "metadata (the base model class PEFT recorded)"),
     _row("peft_version", "peft_version", _ALL_HARMLESS, "metadata"),
@@ -145,7 +145,7 @@ FEATURES: tuple[Feature, ...] = (
     _row("fan_in_fan_out", "fan_in_fan_out", _ALL_EXACT,
          "GPT-2 Conv1D stores the base weight transposed; PEFT keeps A / B in linear orientation either way, and "
          "loradial takes the orientation from the base module (as PEFT corrects the flag)", plan=HARMLESS),
-    _row("use_dora", "DoRA (use_dora)",
+    _row("use_dora", "DoRA",
          {ANALYZE: EXACT, DATA: APPROXIMATE, RESIZE: APPROXIMATE, RESCALE: REFUSED, ALPHA: EXACT, MERGE: EXACT, PLAN: EXACT},
          "analyze gives the spectrum of the directional update s·B·A (said in its notes); DoRA renormalizes W + s·B·A "
          "per row, so a rank-k cut (resize, the truncation curve) is the best rank-k s·B·A, not the best rank-k output "
@@ -156,7 +156,7 @@ FEATURES: tuple[Feature, ...] = (
          "to the base bias, rescale scales it with s, resize keeps it", case="true", engaged=_on),
     _row("lora_dropout", "lora_dropout", {**_ALL_HARMLESS}, "training only: PEFT's eval forward has no dropout"),
     _row("bias", "bias", _ALL_HARMLESS, "no base bias is trained", case="'none'", engaged=lambda v, c: not _on(v, c)),
-    _row("bias", "trained base biases (bias)", _SAVED_TENSORS,
+    _row("bias", "trained base biases", _SAVED_TENSORS,
          "the trained base biases are saved in the adapter; alpha-sweep and analyze --data evaluate with them and "
          "merge writes them, at every scale (PEFT's rescale_adapter_scale leaves them too); resize / rescale carry them "
          "unchanged; analyze's spectrum is of the LoRA factors only (said in its notes)",
@@ -179,11 +179,10 @@ FEATURES: tuple[Feature, ...] = (
     _row("init_lora_weights", "init_lora_weights", _ALL_HARMLESS,
          "an initialization of A and B only; the saved weights replace it on load",
          case="true, false, 'gaussian', 'orthogonal', 'eva'", engaged=lambda v, c: _init_value(v) in _HARMLESS_INITS),
-    _row("init_lora_weights", "MiCA initialization (init_lora_weights='mica')", {**_ALL_HARMLESS, PLAN: NOT_OFFERED},
+    _row("init_lora_weights", "MiCA initialization", {**_ALL_HARMLESS, PLAN: NOT_OFFERED},
          "MiCA's forward and merge are plain LoRA's (its B is only frozen in training, so PEFT counts fewer trainable "
          "parameters, which plan does not model)", case="'mica'", engaged=lambda v, c: _init_value(v) == "mica"),
-    _row("init_lora_weights", "an initialization that changes the base weights, saved without conversion "
-         "(init_lora_weights)", {**_ALL_REFUSED, PLAN: HARMLESS},
+    _row("init_lora_weights", "a PiSSA / OLoRA / CorDA / LoRA-GA / LoftQ adapter saved without conversion", {**_ALL_REFUSED, PLAN: HARMLESS},
          "PiSSA / OLoRA / CorDA / LoRA-GA / LoftQ subtract their initial B·A from (or quantize) the base weights, and "
          "PEFT re-applies that change when it loads an adapter whose config still says so: the adapter's effect is not "
          "W + s·B·A, so every number loradial would give is wrong",
@@ -191,7 +190,7 @@ FEATURES: tuple[Feature, ...] = (
          "adapter>) first (that writes a plain LoRA adapter of rank 2r with init_lora_weights=true); or, if --model is "
          "the residual / LoftQ base the adapter was trained on, set init_lora_weights to true in adapter_config.json",
          case="'pissa', 'pissa_niter_<n>', 'olora', 'corda', 'lora_ga', 'loftq'", engaged=_base_changing_init),
-    _row("init_lora_weights", "an unknown initialization (init_lora_weights)", _ALL_REFUSED,
+    _row("init_lora_weights", "an unknown initialization", _ALL_REFUSED,
          "a value PEFT 0.21 does not define: loradial cannot tell whether it changes the base weights",
          "check the value; loradial knows PEFT 0.21's initializations", case="any other value", engaged=_unknown_init),
     _row("loftq_config", "loftq_config", _ALL_HARMLESS, "settings of the LoftQ initialization (see init_lora_weights)"),
@@ -200,12 +199,12 @@ FEATURES: tuple[Feature, ...] = (
     _row("corda_config", "corda_config", _ALL_HARMLESS, "settings of the CorDA initialization (see init_lora_weights)"),
     _row("lora_ga_config", "lora_ga_config", _ALL_HARMLESS, "settings of the LoRA-GA initialization (see init_lora_weights)"),
     # --- variants ---------------------------------------------------------------------------------------------
-    _row("alora_invocation_tokens", "aLoRA (alora_invocation_tokens)", {**_FACTORS_ONLY, PLAN: HARMLESS},
+    _row("alora_invocation_tokens", "aLoRA", {**_FACTORS_ONLY, PLAN: HARMLESS},
          "an aLoRA adapter acts only on the tokens from its invocation sequence on, so it cannot be merged (PEFT "
          "refuses too) and loradial's evaluation, which applies it to every token, would not be the adapter; its factors "
          "are ordinary LoRA factors (analyze / resize / rescale are exact)",
          "evaluate it with PEFT (which finds the invocation tokens); merging is impossible", case="not null", engaged=_on),
-    _row("target_parameters", "LoRA on parameters / MoE experts (target_parameters)", {**_ALL_REFUSED, PLAN: EXACT},
+    _row("target_parameters", "LoRA on parameters / MoE experts", {**_ALL_REFUSED, PLAN: EXACT},
          "PEFT's ParamWrapper adapts raw parameters (on transformers-5 MoE models the fused expert weights, which "
          "PEFT targets for 'all-linear' and the experts' v4 names): several experts share one lora_A / lora_B pair, "
          "which loradial does not model yet; plan counts them exactly",
@@ -217,26 +216,28 @@ FEATURES: tuple[Feature, ...] = (
          "beyond the base's depth) exist only in that model, which loradial does not build; the factors themselves are "
          "read exactly (analyze --base maps each copy to the base layer it repeats)",
          "merge / evaluate it with PEFT, which builds the replicated model", case="not null", engaged=_on),
-    _row("use_qalora", "QALoRA (use_qalora)", _ALL_REFUSED,
+    _row("use_qalora", "QALoRA", _ALL_REFUSED,
          "QALoRA (GPTQ bases only) average-pools the input in groups before lora_A, so ΔW is not s·B·A",
          "merge / evaluate it with PEFT on the GPTQ base", case="true", engaged=_on),
     _row("qalora_group_size", "qalora_group_size", _ALL_HARMLESS, "only used with use_qalora"),
-    _row("use_bdlora", "BD-LoRA (use_bdlora)", _ALL_REFUSED,
+    _row("use_bdlora", "BD-LoRA", _ALL_REFUSED,
          "BD-LoRA stores block-diagonal lora_A / lora_B compactly (one block row per shard), not as r × d_in / d_out × r",
          "merge it with PEFT (merge_and_unload)", case="not null", engaged=_on),
-    _row("kasa_config", "KaSA (kasa_config)", _ALL_REFUSED,
+    _row("kasa_config", "KaSA", _ALL_REFUSED,
          "KaSA truncates the base weights' smallest singular directions and inserts a learned diagonal between A and B",
          "merge it with PEFT (merge_and_unload) on the base it was trained from", case="not null", engaged=_on),
-    _row("arrow_config", "Arrow routing (arrow_config)", _ALL_REFUSED,
+    _row("arrow_config", "Arrow routing", _ALL_REFUSED,
          "Arrow routes each token among several task adapters; one adapter alone is not the model it describes",
          "use PEFT's create_arrow_model", case="not null", engaged=_on),
-    _row("velora_config", "VeLoRA (velora_config)", {**_ALL_HARMLESS, PLAN: HARMLESS},
+    _row("velora_config", "VeLoRA", {**_ALL_HARMLESS, PLAN: HARMLESS},
          "VeLoRA changes only the training backward pass; its forward and merge are plain LoRA's and its saved "
          "projection buffer (lora_velora_embed) is carried through", case="not null", engaged=_on),
-    _row("monteclora_config", "MonteCLoRA (monteclora_config)", {**_ALL_HARMLESS, PLAN: NOT_OFFERED},
+    _row("monteclora_config", "MonteCLoRA", {**_ALL_HARMLESS, RESIZE: REFUSED, PLAN: NOT_OFFERED},
          "MonteCLoRA samples perturbations of lora_A in training only; its eval forward and merge are plain LoRA's and "
-         "its saved sampler parameters are carried through (plan does not count them)", case="not null", engaged=_on),
-    _row("megatron_config", "Megatron parallel layers (megatron_config)", _ALL_REFUSED,
+         "its saved sampler parameters are carried through (plan does not count them); but the sampler's parameters "
+         "are sized by the rank, so a resized adapter would not load in PEFT",
+         "resize is not possible; analyze, rescale, alpha-sweep and merge are exact", case="not null", engaged=_on),
+    _row("megatron_config", "Megatron parallel layers", _ALL_REFUSED,
          "a LoRA for Megatron-LM's tensor-parallel layers, not a Hugging Face model loradial can load",
          "merge it with Megatron / PEFT", case="not null", engaged=_on),
     _row("megatron_core", "megatron_core", _ALL_HARMLESS, "only used with megatron_config"),
@@ -263,14 +264,14 @@ def check(config: Mapping[str, Any], verb: str) -> None:
 
     ``verb`` is one of ``ADAPTER_VERBS`` or ``READ`` (``load_adapter``: only what every adapter verb refuses,
     so a file loradial cannot read is named for what it is rather than failing a shape check). Fields this
-    table does not know are refused unless their value is off (null, false, empty).
+    table does not know are refused by every verb (not by ``READ``) unless their value is off (null, false, empty).
     """
     if verb != READ and verb not in ADAPTER_VERBS:
         raise ValueError(f"unknown verb {verb!r}")
     for field, value in config.items():
         rows = BY_FIELD.get(field)
         if rows is None:
-            if _on(value, config) and not field.startswith("_"):
+            if verb != READ and _on(value, config) and not field.startswith("_"):
                 raise LoradialError(
                     f"adapter_config.json has {field}={_short(value)}, a field PEFT 0.21's LoraConfig does not have",
                     "loradial knows PEFT 0.21's LoRA features and will not guess what this one does; remove the field "
@@ -282,9 +283,8 @@ def check(config: Mapping[str, Any], verb: str) -> None:
             refused = (all(row.status(v) == REFUSED for v in ADAPTER_VERBS) if verb == READ
                        else row.status(verb) == REFUSED)
             if refused and not (verb == RESCALE and field == "use_dora"):  # rescale decides DoRA by its mode
-                what = "every loradial adapter verb" if verb == READ else f"loradial {verb}"
-                raise LoradialError(f"{row.title} ({field}={_short(value)}) is not supported by {what}: {row.reason}",
-                                    row.action or None)
+                who = "loradial cannot use this adapter" if verb == READ else f"loradial {verb} cannot use it"
+                raise LoradialError(f"{row.title} ({field}={_short(value)}): {who}: {row.reason}", row.action or None)
 
 
 def engaged(config: Mapping[str, Any]) -> list[Feature]:
