@@ -115,7 +115,7 @@ CASES: dict[str, Case] = {
     "init_unknown": Case(dict(r=4, lora_alpha=8, target_modules=QV), synth={"init_lora_weights": "newfangled"},
                          refused=ALL, says="init_lora_weights"),
     "moe_all_linear": Case(dict(r=4, lora_alpha=8, target_modules="all-linear"), base="mixtral", refused=ALL,
-                           says="MoE experts"),
+                           says="MoE expert adapters are not supported"),
     "target_parameters": Case(dict(r=4, lora_alpha=8, target_modules=["q_proj"], target_parameters=["mlp.up_proj.weight"]),
                               refused=ALL, says="target_parameters"),
     "qalora": Case(dict(r=4, lora_alpha=8, target_modules=QV, use_qalora=True), refused=ALL, says="use_qalora"),
@@ -437,3 +437,15 @@ def test_unconverted_pissa_is_not_w_plus_delta(env, tmp_path):
     name = "model.layers.0.self_attn.q_proj"
     W_peft = ref.base_model.model.get_submodule(name).get_base_layer().weight.detach()
     assert not torch.allclose(W_peft, base.get_submodule(name).weight.detach(), atol=1e-3)
+
+
+def test_analyze_base_maps_replicated_layers(env):
+    """analyze --base on a layer_replication adapter: each copy's ‖ΔW‖/‖W‖ uses the base layer it repeats."""
+    res = analyze(env["adapters"]["layer_replication"], base=env["models"]["llama"])
+    base = fresh_base("llama")
+    by_name = {m.name: m for m in res.modules}
+    # [[0, 2], [1, 2]]: replicated layers 0, 1, 2 repeat base layers 0, 1, 1
+    for layer, source in ((0, 0), (1, 1), (2, 1)):
+        rep = by_name[f"model.layers.{layer}.self_attn.q_proj"]
+        W = base.get_submodule(f"model.layers.{source}.self_attn.q_proj").weight.detach().double()
+        assert rep.relative_norm == pytest.approx(rep.frobenius_norm / float(W.norm()), rel=1e-9)

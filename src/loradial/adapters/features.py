@@ -204,14 +204,15 @@ FEATURES: tuple[Feature, ...] = (
          "refuses too) and loradial's evaluation, which applies it to every token, would not be the adapter; its factors "
          "are ordinary LoRA factors (analyze / resize / rescale are exact)",
          "evaluate it with PEFT (which finds the invocation tokens); merging is impossible", case="not null", engaged=_on),
-    _row("target_parameters", "LoRA on parameters / MoE experts", {**_ALL_REFUSED, PLAN: EXACT},
-         "PEFT's ParamWrapper adapts raw parameters (on transformers-5 MoE models the fused expert weights, which "
-         "PEFT targets for 'all-linear' and the experts' v4 names): several experts share one lora_A / lora_B pair, "
-         "which loradial does not model yet; plan counts them exactly",
+    _row("target_parameters", "an MoE expert (parameter) LoRA", {**_ALL_REFUSED, PLAN: EXACT},
+         "MoE expert adapters are not supported yet: PEFT's ParamWrapper adapts raw parameters (on transformers-5 MoE "
+         "models the fused expert weights, which PEFT targets for 'all-linear' and for the experts' v4 names), with one "
+         "lora_A / lora_B pair shared across the experts, which loradial does not model; the file is valid (plan counts "
+         "these adapters exactly)",
          "analyze / merge MoE expert adapters with PEFT (merge_and_unload); target only the attention and dense layers "
          "(target_modules=[...] without the experts) for an adapter loradial can read",
          case="not empty", engaged=_on),
-    _row("layer_replication", "layer_replication", {**_FACTORS_ONLY, PLAN: NOT_OFFERED},
+    _row("layer_replication", "replicated layers", {**_FACTORS_ONLY, PLAN: NOT_OFFERED},
          "PEFT stacks copies of base layers into a deeper model before adapting it: the adapter's modules (layers.N "
          "beyond the base's depth) exist only in that model, which loradial does not build; the factors themselves are "
          "read exactly (analyze --base maps each copy to the base layer it repeats)",
@@ -285,16 +286,6 @@ def check(config: Mapping[str, Any], verb: str) -> None:
             if refused and not (verb == RESCALE and field == "use_dora"):  # rescale decides DoRA by its mode
                 who = "loradial cannot use this adapter" if verb == READ else f"loradial {verb} cannot use it"
                 raise LoradialError(f"{row.title} ({field}={_short(value)}): {who}: {row.reason}", row.action or None)
-
-
-def engaged(config: Mapping[str, Any]) -> list[Feature]:
-    """The rows ``config`` engages whose effect is not plain LoRA (for notes)."""
-    out = []
-    for field, value in config.items():
-        for row in rows_for(field, value, config):
-            if any(row.status(v) != HARMLESS for v in ADAPTER_VERBS) and row.engaged is not _always:
-                out.append(row)
-    return out
 
 
 # --- the docs page ------------------------------------------------------------------------------------------
