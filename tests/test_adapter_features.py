@@ -219,8 +219,10 @@ def peft_loss(env, pm, scale: float | None = 1.0, disabled: bool = False) -> flo
 
     from loradial import data as d
 
-    tok = AutoTokenizer.from_pretrained(str(env["models"]["llama"]))
-    batch = d.collate(d.tokenize_records(d.load_records(env["data"]), tok, 512), tok.pad_token_id)
+    if "batch" not in env:  # every example in one batch: HF's mean loss == loradial's sum / count
+        tok = AutoTokenizer.from_pretrained(str(env["models"]["llama"]))
+        env["batch"] = d.collate(d.tokenize_records(d.load_records(env["data"]), tok, 512), tok.pad_token_id)
+    batch = env["batch"]
     with torch.no_grad():
         if disabled:
             with pm.disable_adapter():

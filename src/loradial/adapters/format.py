@@ -188,7 +188,7 @@ def saved_tensors(adapter: Adapter) -> SavedTensors:
     rows: list[TokenRows] = []
     carried: list[str] = []
     for key, t in adapter.extra_tensors.items():
-        if any(m in key or key.endswith(m.rstrip(".")) for m in TRAINING_STATE_MARKERS):
+        if any(m in key for m in TRAINING_STATE_MARKERS):
             carried.append(key)
         elif key.endswith(TOKEN_DELTA_SUFFIX):
             module = param_name(key[: -len(TOKEN_DELTA_SUFFIX)])
