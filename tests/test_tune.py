@@ -68,6 +68,8 @@ def test_stages_decisions_and_outputs(tuned):
     assert set(res.exports) == {"peft", "trl", "axolotl", "llamafactory", "unsloth", "torchtune"}
     assert json.loads((out / "tune.json").read_text())["best_adapter"] == res.best_adapter
     assert res.why and res.base_eval_loss is not None and res.best_eval_loss < res.base_eval_loss
+    html = Path(res.report).read_text()
+    assert "Why this config" in html and res.best_config["name"] in html and "behind:" in html
 
 
 def test_the_planted_diverging_configs_stop_at_the_first_rung(tuned):
@@ -101,8 +103,10 @@ def test_finalists_continue_from_their_checkpoints_with_the_weights_of_an_uninte
     got = load_file(str(Path(res.best_adapter) / "adapter_model.safetensors"))
     want = load_file(str(tmp_path / "ref" / "adapters" / ref.best / "adapter_model.safetensors"))
     assert got.keys() == want.keys()
-    assert all(torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-6) for k in got)
-    assert ref.configs[0]["best_eval_loss"] == pytest.approx(res.best_eval_loss, rel=1e-5)
+    # float32 GEMMs of a 32-adapter pack and of a 1-adapter one round differently, and AdamW's normalised
+    # steps carry that on: 3e-6 to 6e-5 of each tensor's norm measured here
+    assert max(float((got[k] - want[k]).norm() / want[k].norm()) for k in got) < 2e-4
+    assert ref.configs[0]["best_eval_loss"] == pytest.approx(res.best_eval_loss, rel=1e-4)
 
 
 def test_kill_9_then_resume_gives_the_same_answer(assets, tuned, tmp_path):
@@ -129,7 +133,7 @@ def test_kill_9_then_resume_gives_the_same_answer(assets, tuned, tmp_path):
     assert [(d["config"], d["action"]) for d in res.decisions] == [(d["config"], d["action"]) for d in ref.decisions]
     got = load_file(str(Path(res.best_adapter) / "adapter_model.safetensors"))
     want = load_file(str(Path(ref.best_adapter) / "adapter_model.safetensors"))
-    assert all(torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-7) for k in got)
+    assert max(float((got[k] - want[k]).norm() / want[k].norm()) for k in got) < 1e-6  # same packs: bitwise or nearly
 
 
 @pytest.mark.parametrize("args, message", [

@@ -197,14 +197,19 @@ def tune(
         raise LoradialError(f"--budget must be a positive integer (adapter-steps), got {budget!r}", "e.g. --budget 2000")
     start = _start(model, data, task, rank, lr, max_len)
     ranks, lrs = explore_grid(start["r"], start["learning_rate"])
-    policy = TunePolicy()
     n_explore = len(ranks) * len(lrs) * 2
-    n_steps = plan_steps(n_explore, budget, steps, policy)
+    n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
     from loradial.sweeps.tuning import planned_adapter_steps
 
+    train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
+    try:
+        base_loss = _base_eval_loss(model, eval_file, max_len, 2 * batch_size, trust_remote_code)
+    except BaseException:
+        shutil.rmtree(out / "data", ignore_errors=True)
+        raise
+    policy = TunePolicy(base_eval_loss=base_loss)
     bounds = boundaries(n_steps)
     planned = planned_adapter_steps(n_explore, bounds, policy)
-    train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
     plan = {"model": str(model), "train": train_file, "eval": eval_file, "start": start, "ranks": ranks, "lrs": lrs,
             "variants": ["lora", "rslora"], "targets": targets, "steps": n_steps, "boundaries": bounds,
             "budget": budget if budget is not None else planned, "planned_adapter_steps": planned,
@@ -230,6 +235,14 @@ def tune(
                 out.rmdir()
         raise
     return _finish(out, plan, res, t0, resumed=False, rank_check=rank_check, say=say)
+
+
+def _base_eval_loss(model: str, eval_file: str, max_len: int, batch_size: int, trust_remote_code: bool) -> float:
+    """The base model's eval loss on the eval records (one pass): a config that ends a rung above it diverged."""
+    from loradial.adapters.evaluate import open_eval_session
+
+    return float(open_eval_session(model, eval_file, max_len=max_len, batch_size=batch_size,
+                                   trust_remote_code=trust_remote_code).evaluate()[0])
 
 
 def _sayer(progress: bool):
