@@ -176,8 +176,7 @@ def tune(
 
     ``rank`` / ``lr`` override recommend's start; ``steps`` fixes the full step count (else the
     budget does). ``resume=True`` continues the tune in ``out`` (every other argument is ignored)."""
-    from loradial.sweeps.api import sweep
-    from loradial.sweeps.state import check_new_sweep_dir
+    from loradial.sweeps.state import SweepDir, claim_new_dir
 
     t0 = _time.time()
     out = Path(out)
@@ -185,56 +184,78 @@ def tune(
     if resume:
         if not (out / PLAN_FILE).is_file():
             raise LoradialError(f"{out} holds no tune", "pass the --out directory of an earlier `loradial tune`")
-        plan = read_json(out / PLAN_FILE, "tune plan")
-        say("resuming the search")
-        res = sweep(out=out / "search", resume=True, devices=devices, progress=progress)
-        return _finish(out, plan, res, t0, resumed=True, rank_check=plan.get("rank_check", True), say=say)
-
+        td = SweepDir(out)
+        td.lock(starting="tune")
+        try:
+            plan = read_json(out / PLAN_FILE, "tune plan")
+            say("resuming the search")
+            res = _search(out, plan, resume=True, devices=devices, progress=progress)
+            return _finish(out, plan, res, t0, resumed=True, rank_check=plan.get("rank_check", True), say=say)
+        finally:
+            td.unlock()
     if model is None or data is None:
         raise LoradialError("model and data are required", "pass --model DIR and --data FILE (or --resume DIR)")
-    check_new_sweep_dir(out)  # absent or empty: nothing is written before every check passed
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise LoradialError(f"--budget must be a positive integer (adapter-steps), got {budget!r}", "e.g. --budget 2000")
-    start = _start(model, data, task, rank, lr, max_len)
-    ranks, lrs = explore_grid(start["r"], start["learning_rate"])
-    n_explore = len(ranks) * len(lrs) * 2
-    n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
-    from loradial.sweeps.tuning import planned_adapter_steps
-
-    train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
-    try:
-        base_loss = _base_eval_loss(model, eval_file, max_len, 2 * batch_size, trust_remote_code)
-    except BaseException:
-        shutil.rmtree(out / "data", ignore_errors=True)
-        raise
+    if (out / PLAN_FILE).exists():
+        raise LoradialError(f"{out} already holds a tune", f"continue it with `loradial tune --resume {out}`, or choose a new --out")
+    with claim_new_dir(out, "tune") as td:  # locked from here: a concurrent tune into `out` exits 2
+        start = _start(model, data, task, rank, lr, max_len)
+        ranks, lrs = explore_grid(start["r"], start["learning_rate"])
+        n_explore = len(ranks) * len(lrs) * 2
+        n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
+        try:
+            train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
+            base_loss = _base_eval_loss(model, eval_file, max_len, 2 * batch_size, trust_remote_code)
+        except BaseException:
+            shutil.rmtree(out / "data", ignore_errors=True)
+            raise
     policy = TunePolicy(base_eval_loss=base_loss)
     bounds = boundaries(n_steps)
+    from loradial.sweeps.tuning import planned_adapter_steps
+
     planned = planned_adapter_steps(n_explore, bounds, policy)
     plan = {"model": str(model), "train": train_file, "eval": eval_file, "start": start, "ranks": ranks, "lrs": lrs,
             "variants": ["lora", "rslora"], "targets": targets, "steps": n_steps, "boundaries": bounds,
             "budget": budget if budget is not None else planned, "planned_adapter_steps": planned,
             "policy": policy.model_dump(), "rank_check": rank_check, "max_len": max_len,
-            "eval_batch_size": 2 * batch_size, "trust_remote_code": trust_remote_code}
-    atomic_write_json(out / PLAN_FILE, plan)
-    say(f"start: r={start['r']}, lr={start['learning_rate']:g} ({start['source']}); explore {n_explore} configs "
-        f"(ranks {ranks} x lr {lrs} x lora/rslora) to step {bounds[0]}, refine to {bounds[1]}, "
-        f"continue the best {policy.finalists} to {n_steps}: at most {planned:,} adapter-steps")
+            "eval_batch_size": 2 * batch_size, "trust_remote_code": trust_remote_code,
+            "sweep": dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
+                          dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing,
+                          grad_accum=grad_accum, dropout=dropout, packing=packing, load_in_4bit=load_in_4bit,
+                          trust_remote_code=trust_remote_code)}
     try:
-        res = sweep(model, train_file, out=out / "search", ranks=ranks, alphas="ratio:1", variants=["lora", "rslora"],
-                    targets=[targets], lrs=lrs, steps=n_steps, batch_size=batch_size, max_len=max_len,
-                    eval_data=eval_file, eval_fraction=0.0, eval_every=eval_every, halving=True,
-                    halving_at=[b / n_steps for b in bounds[:-1]], gpu_memory=gpu_memory, devices=devices,
-                    dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
-                    dropout=dropout, packing=packing, load_in_4bit=load_in_4bit,
-                    trust_remote_code=trust_remote_code, tune=policy, progress=progress)
+        atomic_write_json(out / PLAN_FILE, plan)
+        say(f"start: r={start['r']}, lr={start['learning_rate']:g} ({start['source']}); explore {n_explore} configs "
+            f"(ranks {ranks} x lr {lrs} x lora/rslora) to step {bounds[0]}, refine to {bounds[1]}, "
+            f"continue the best {policy.finalists} to {n_steps}: at most {planned:,} adapter-steps")
+        res = _search(out, plan, resume=False, devices=devices, progress=progress)
+        return _finish(out, plan, res, t0, resumed=False, rank_check=rank_check, say=say)
     except BaseException:
-        if not (out / "search").exists():  # the search never started: leave no half-made output
+        if not (out / "search" / "sweep.yaml").exists():  # the search never started: leave nothing behind
             (out / PLAN_FILE).unlink(missing_ok=True)
             shutil.rmtree(out / "data", ignore_errors=True)
+            shutil.rmtree(out / "search", ignore_errors=True)
+            (out / ".lock").unlink(missing_ok=True)
+            td.unlock()
             if out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
         raise
-    return _finish(out, plan, res, t0, resumed=False, rank_check=rank_check, say=say)
+    finally:
+        td.unlock()
+
+
+def _search(out: Path, plan: dict[str, Any], *, resume: bool, devices, progress: bool):
+    """The search: one sweep directory with the tune policy at its rung ends (out/search)."""
+    from loradial.sweeps.api import sweep
+
+    if resume:
+        return sweep(out=out / "search", resume=True, devices=devices, progress=progress)
+    bounds, n_steps = plan["boundaries"], plan["steps"]
+    return sweep(plan["model"], plan["train"], out=out / "search", ranks=plan["ranks"], alphas="ratio:1",
+                 variants=plan["variants"], targets=[plan["targets"]], lrs=plan["lrs"], steps=n_steps,
+                 eval_data=plan["eval"], eval_fraction=0.0, halving=True, halving_at=[b / n_steps for b in bounds[:-1]],
+                 devices=devices, tune=TunePolicy(**plan["policy"]), progress=progress, **plan["sweep"])
 
 
 def _base_eval_loss(model: str, eval_file: str, max_len: int, batch_size: int, trust_remote_code: bool) -> float:
