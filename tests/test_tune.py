@@ -160,3 +160,23 @@ def test_plan_steps_fills_the_budget():
     assert planned_adapter_steps(24, tune_mod.boundaries(s), policy) <= 10_000
     assert planned_adapter_steps(24, tune_mod.boundaries(s + 1), policy) > 10_000
     assert not math.isnan(s)
+
+
+def test_time_budget_is_the_calibrated_rate_times_the_time_left(assets, tmp_path, monkeypatch):
+    seen = {}
+
+    def calibrate(out, model, train, eval_file, ranks, lrs, targets, devices, kw):
+        return {"steps": 3, "configs": 24, "seconds": 0.0, "adapter_steps_per_s": 10.0}
+
+    def plan_steps(n_explore, budget, steps, policy):
+        seen["budget"] = budget
+        raise RuntimeError("stop after planning")
+
+    monkeypatch.setattr(tune_mod, "_calibrate", calibrate)
+    monkeypatch.setattr(tune_mod, "plan_steps", plan_steps)
+    model, data = assets
+    with pytest.raises(RuntimeError, match="stop after planning"):
+        loradial.tune(str(model), str(data), out=tmp_path / "t", time=1000, **{k: v for k, v in KW.items() if k != "steps"})
+    assert 0.8 * 10 * 900 < seen["budget"] <= 0.8 * 10 * 1000  # the rate x the time left x TIME_SAFETY
+    assert not (tmp_path / "t").exists()  # nothing left behind
+

@@ -149,6 +149,7 @@ def tune(
     out: str | Path,
     budget: int | None = None,
     steps: int | None = None,
+    time: float | None = None,
     eval_data: str | None = None,
     eval_fraction: float = 0.1,
     task: str = "standard",
@@ -175,7 +176,10 @@ def tune(
     """Find the best rank / alpha / learning rate / scaling on ``data`` within ``budget`` adapter-steps.
 
     ``rank`` / ``lr`` override recommend's start; ``steps`` fixes the full step count (else the
-    budget does). ``resume=True`` continues the tune in ``out`` (every other argument is ignored)."""
+    budget does). ``time`` (seconds of wall clock) stands in for ``budget``: a short calibration run of
+    the exploration grid measures adapter-steps per second (model load and eval included, so it errs
+    low), and the budget is that rate × the time left × ``TIME_SAFETY``. ``resume=True`` continues the
+    tune in ``out`` (every other argument is ignored)."""
     from loradial.sweeps.state import SweepDir, claim_new_dir
 
     t0 = _time.time()
@@ -203,12 +207,29 @@ def tune(
         start = _start(model, data, task, rank, lr, max_len)
         ranks, lrs = explore_grid(start["r"], start["learning_rate"])
         n_explore = len(ranks) * len(lrs) * 2
-        n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
+        if time is not None and budget is not None:
+            raise LoradialError("give --time or --budget, not both", "--time SECONDS derives the budget by calibration")
+        if time is not None and not (isinstance(time, (int, float)) and math.isfinite(time) and time > 0):
+            raise LoradialError(f"--time must be a positive number of seconds, got {time!r}", "e.g. --time 3600")
+        if time is None:
+            n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
+        sweep_kw = dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
+                        dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
+                        dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
         try:
             train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
             base_loss = _base_eval_loss(model, eval_file, max_len, 2 * batch_size, trust_remote_code)
+            calibration = None
+            if time is not None:
+                calibration = _calibrate(out, model, train_file, eval_file, ranks, lrs, targets, devices, sweep_kw)
+                budget = int(calibration["adapter_steps_per_s"] * (time - (_time.time() - t0)) * TIME_SAFETY)
+                calibration["budget"] = budget
+                say(f"calibration: {calibration['adapter_steps_per_s']:.2f} adapter-steps/s over "
+                    f"{calibration['seconds']:.0f} s -> a budget of {budget:,} adapter-steps for {time:g} s")
+                n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
         except BaseException:
             shutil.rmtree(out / "data", ignore_errors=True)
+            shutil.rmtree(out / "calibration", ignore_errors=True)
             raise
     policy = TunePolicy(base_eval_loss=base_loss)
     bounds = boundaries(n_steps)
@@ -219,11 +240,8 @@ def tune(
             "variants": ["lora", "rslora"], "targets": targets, "steps": n_steps, "boundaries": bounds,
             "budget": budget if budget is not None else planned, "planned_adapter_steps": planned,
             "policy": policy.model_dump(), "rank_check": rank_check, "max_len": max_len,
-            "eval_batch_size": 2 * batch_size, "trust_remote_code": trust_remote_code,
-            "sweep": dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
-                          dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing,
-                          grad_accum=grad_accum, dropout=dropout, packing=packing, load_in_4bit=load_in_4bit,
-                          trust_remote_code=trust_remote_code)}
+            "eval_batch_size": 2 * batch_size, "trust_remote_code": trust_remote_code, "sweep": sweep_kw,
+            "time": time, "calibration": calibration}
     try:
         atomic_write_json(out / PLAN_FILE, plan)
         say(f"start: r={start['r']}, lr={start['learning_rate']:g} ({start['source']}); explore {n_explore} configs "
@@ -256,6 +274,28 @@ def _search(out: Path, plan: dict[str, Any], *, resume: bool, devices, progress:
                  variants=plan["variants"], targets=[plan["targets"]], lrs=plan["lrs"], steps=n_steps,
                  eval_data=plan["eval"], eval_fraction=0.0, halving=True, halving_at=[b / n_steps for b in bounds[:-1]],
                  devices=devices, tune=TunePolicy(**plan["policy"]), progress=progress, **plan["sweep"])
+
+
+CALIBRATION_STEPS = 3
+TIME_SAFETY = 0.8
+"""Share of the measured rate a --time budget plans with (the rank check and reporting come on top)."""
+
+
+def _calibrate(out: Path, model: str, train_file: str, eval_file: str, ranks: list[int], lrs: list[float],
+               targets: str, devices, sweep_kw: dict[str, Any]) -> dict[str, Any]:
+    """Adapter-steps per second of the exploration grid on this machine: the whole grid trained for a few
+    steps in a scratch sweep (model load and one eval included, so the rate errs low), then removed."""
+    from loradial.sweeps.api import sweep
+
+    t0 = _time.time()
+    sweep(model, train_file, out=out / "calibration", ranks=ranks, alphas="ratio:1", variants=["lora", "rslora"],
+          targets=[targets], lrs=lrs, steps=CALIBRATION_STEPS, eval_data=eval_file, eval_fraction=0.0,
+          devices=devices, **sweep_kw)
+    seconds = _time.time() - t0
+    shutil.rmtree(out / "calibration", ignore_errors=True)
+    n = len(ranks) * len(lrs) * 2
+    return {"steps": CALIBRATION_STEPS, "configs": n, "seconds": round(seconds, 2),
+            "adapter_steps_per_s": n * CALIBRATION_STEPS / seconds}
 
 
 def _base_eval_loss(model: str, eval_file: str, max_len: int, batch_size: int, trust_remote_code: bool) -> float:
@@ -320,7 +360,7 @@ def _finish(out: Path, plan: dict[str, Any], res, t0: float, *, resumed: bool, r
         exports[fmt] = str(path)
     decisions = res.decisions or []
     stages = _stages(plan, configs, decisions)
-    base = check.get("base_eval_loss") if check else None
+    base = (check or {}).get("base_eval_loss") or plan["policy"].get("base_eval_loss")
     result = TuneResult(
         out=str(out), best_adapter=str(best_dir),
         best_config={k: best.get(k) for k in ("name", "r", "lora_alpha", "use_rslora", "use_dora", "target_modules",
