@@ -22,6 +22,8 @@ from loradial.errors import LoradialError
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "bf16", "fp32")
 VARIANTS = ("lora", "rslora", "dora")
+MAX_NEW_TOKENS = 64
+"""Greedy decoding limit of the exact-match metric (sweep / tune ``--max-new-tokens``)."""
 SWEEP_VERSION = 2
 """sweep.yaml format: 1 = flat training keys (loradial 0.1 before settings), 2 = a ``train`` block."""
 
@@ -154,6 +156,11 @@ class SweepSettings(_Settings):
     """Steps at which rungs end (the last one is ``steps``)."""
     tune: Optional[TunePolicy] = None
     """The tune policy at rung ends instead of plain halving (``loradial tune`` writes it)."""
+    metric: Literal["eval_loss", "exact_match"] = "eval_loss"
+    """What picks the best config: eval loss, or greedy exact match of the eval completions (reported
+    beside eval loss for the configs trained to the end; needs prompt/completion or chat eval data)."""
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, gt=0)
+    """Greedy decoding limit of the exact-match metric."""
     checkpoint_every: Optional[int] = Field(None, gt=0)
     pack_size: Optional[int] = Field(None, gt=0)
     gpu_memory: Optional[float] = Field(None, gt=0)

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from loradial.cli import options as opt
-from loradial.settings import DEFAULT, SweepSettings
+from loradial.settings import MAX_NEW_TOKENS, DEFAULT, SweepSettings
 from loradial.cli.common import app, console, run, split_list
 
 
@@ -27,13 +27,15 @@ def render(result) -> None:
     halving = result.settings.get("halving_boundaries")
     title = f"sweep {result.out}: {len(result.configs)} configs in {result.n_packs} pack(s)"
     table = Table(title=title + (f", halving at steps {halving[:-1]}" if halving and len(halving) > 1 else ""))
-    for col in ("config", "params", "train", "eval best", "eval final", "gap", "verdict", "tok/s", "peak mem", "stopped"):
+    em = any(r.get("exact_match") is not None for r in result.configs)
+    for col in ("config", "params", "train", "eval best", "eval final", *(["exact match"] if em else []), "gap",
+                "verdict", "tok/s", "peak mem", "stopped"):
         table.add_column(col, justify="left" if col in ("config", "verdict") else "right", no_wrap=col == "config")
     for r in sort_for_table(result.configs):
         mark = "[bold green]* [/]" if r["name"] == result.best else ""
         table.add_row(
             mark + r["name"], f"{r['trainable_params']:,}", _fmt(r["final_train_loss"]), _fmt(r["best_eval_loss"]),
-            _fmt(r["final_eval_loss"]), _fmt(r["gap"], 3), r["verdict"],
+            _fmt(r["final_eval_loss"]), *([_fmt(r.get("exact_match"), 3)] if em else []), _fmt(r["gap"], 3), r["verdict"],
             _fmt(None if r["tokens_per_s"] is None else round(r["tokens_per_s"])),
             fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") else "-",
             "-" if r["stopped_at"] is None else f"step {r['stopped_at']}",
@@ -72,6 +74,8 @@ def sweep_cmd(
     eval_data: opt.EvalData = None,
     eval_fraction: opt.EvalFraction = SweepSettings.model_fields["eval_fraction"].default,
     eval_every: opt.EvalEvery = None,
+    metric: opt.Metric = "eval_loss",
+    max_new_tokens: opt.MaxNewTokens = MAX_NEW_TOKENS,
     halving: bool = typer.Option(False, "--halving", help="Successive halving: drop the worse half at fixed fractions of the budget."),
     halving_at: Optional[str] = typer.Option(None, "--halving-at", help="Rung fractions of the step budget (default 0.25,0.5)."),
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GiB per device the packer may plan for (default: free memory with a margin)."),
@@ -111,7 +115,8 @@ def sweep_cmd(
             lr_rank_exponent=lr_rank_exponent,
             seeds=split_list(seeds, int, "seed") if seeds is not None else None,
             grid=grid, steps=steps, epochs=epochs, batch_size=batch_size, max_len=max_len,
-            eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every,
+            eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every, metric=metric,
+            max_new_tokens=max_new_tokens,
             halving=halving, halving_at=halving_at, gpu_memory=gpu_memory,
             devices=split_list(devices) or None, pack_size=pack_size, dtype=dtype, seed=seed,
             checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,

@@ -10,7 +10,7 @@ from rich.table import Table
 from loradial.cli import options as opt
 from loradial.cli.common import app, console, run, split_list
 from loradial.errors import LoradialError
-from loradial.settings import DEFAULT
+from loradial.settings import MAX_NEW_TOKENS, DEFAULT
 
 
 def render(res) -> None:
@@ -58,6 +58,8 @@ def tune_cmd(
     load_in_4bit: opt.LoadIn4bit = DEFAULT.load_in_4bit,
     seed: opt.Seed = DEFAULT.seed,
     eval_every: opt.EvalEvery = None,
+    metric: opt.Metric = "eval_loss",
+    max_new_tokens: opt.MaxNewTokens = MAX_NEW_TOKENS,
     devices: Optional[str] = typer.Option(None, "--devices", help="Devices, e.g. cuda:0,cuda:1 or cpu (default: all local GPUs, else cpu)."),
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GiB per device the packer may plan for."),
     no_rank_check: bool = typer.Option(False, "--no-rank-check", help="Skip the winner's truncation curve and smaller-rank check."),
@@ -82,7 +84,7 @@ def tune_cmd(
                     task=task, targets=targets, rank=rank, lr=lr, batch_size=batch_size, max_len=max_len,
                     grad_accum=grad_accum, dropout=dropout, packing=packing,
                     gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit, seed=seed,
-                    eval_every=eval_every, devices=split_list(devices) or None, gpu_memory=gpu_memory,
+                    eval_every=eval_every, metric=metric, max_new_tokens=max_new_tokens, devices=split_list(devices) or None, gpu_memory=gpu_memory,
                     trust_remote_code=trust_remote_code, rank_check=not no_rank_check, progress=True)
 
     run(call, as_json, render)

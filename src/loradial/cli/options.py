@@ -62,6 +62,8 @@ LoadIn4bit = Annotated[bool, _train("load_in_4bit")]
 Seed = Annotated[int, _train("seed")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps per config (or --epochs).")]
 Epochs = Annotated[Optional[float], typer.Option("--epochs", help="Passes over the training data (or --steps).")]
+Metric = Annotated[str, typer.Option("--metric", help="What picks the best config: eval_loss, or exact_match (greedy decoding of the eval completions; prompt/completion or chat eval data).")]
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Greedy decoding limit of --metric exact_match.")]
 EvalEvery = Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (and always at the end).")]
 
 # --- evaluation of an adapter against its base (alpha-sweep, analyze --data) -----------------------------

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from loradial.errors import LoradialError
 from loradial.io import atomic_write_json, atomic_write_text, read_json
 from loradial.result import Result
-from loradial.settings import DEFAULT, TunePolicy
+from loradial.settings import DEFAULT, MAX_NEW_TOKENS, TunePolicy
 
 PLAN_FILE = "tune-plan.json"
 RETAIN = 0.99
@@ -150,6 +150,8 @@ def tune(
     budget: int | None = None,
     steps: int | None = None,
     time: float | None = None,
+    metric: str = "eval_loss",
+    max_new_tokens: int = MAX_NEW_TOKENS,
     eval_data: str | None = None,
     eval_fraction: float = 0.1,
     task: str = "standard",
@@ -215,7 +217,8 @@ def tune(
             n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
         sweep_kw = dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
                         dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
-                        dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
+                        dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code,
+                        metric=metric, max_new_tokens=max_new_tokens)
         try:
             train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
             base_loss = _base_eval_loss(model, eval_file, max_len, 2 * batch_size, trust_remote_code)
@@ -364,7 +367,7 @@ def _finish(out: Path, plan: dict[str, Any], res, t0: float, *, resumed: bool, r
     result = TuneResult(
         out=str(out), best_adapter=str(best_dir),
         best_config={k: best.get(k) for k in ("name", "r", "lora_alpha", "use_rslora", "use_dora", "target_modules",
-                                              "learning_rate", "trainable_params", "steps")},
+                                              "learning_rate", "trainable_params", "steps", "exact_match")},
         best_eval_loss=best.get("best_eval_loss"), base_eval_loss=base, adapter_steps_used=used,
         adapter_steps_budget=int(plan["budget"]), adapter_steps_grid=grid, steps=int(plan["steps"]),
         start=plan["start"], stages=stages, decisions=decisions, configs=configs, rank_check=check,
@@ -449,8 +452,11 @@ def _why(best: dict[str, Any], configs: list[dict[str, Any]], decisions: list[di
     finished = [c for c in configs if c.get("best_eval_loss") is not None and c is not best
                 and c.get("stopped_at") is None]
     lines = [f"lowest eval loss: {best['best_eval_loss']:.4f} after {best.get('steps')} steps"]
+    if best.get("exact_match") is not None:
+        lines[0] = f"highest exact match: {best['exact_match']:.1%} (eval loss {best['best_eval_loss']:.4f}) after {best.get('steps')} steps"
     for c in finished:
-        lines.append(f"beat {c['name']} ({c['best_eval_loss']:.4f}) trained to the same step")
+        em = f", exact match {c['exact_match']:.1%}" if c.get("exact_match") is not None else ""
+        lines.append(f"beat {c['name']} ({c['best_eval_loss']:.4f}{em}) trained to the same step")
     n_stop = sum(1 for d in decisions if d["action"] == "stopped")
     if n_stop:
         lines.append(f"{n_stop} configs were stopped early (unstable or behind at a rung; see decisions)")

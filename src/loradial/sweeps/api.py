@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from loradial.errors import LoradialError
 from loradial.sweeps.results import SweepResult
-from loradial.settings import DEFAULT, SweepSettings, TrainSettings, TunePolicy
+from loradial.settings import DEFAULT, MAX_NEW_TOKENS, SweepSettings, TrainSettings, TunePolicy
 from loradial.sweeps.state import SweepDir, claim_new_dir, create_sweep_dir, open_sweep_dir
 
 
@@ -64,6 +64,8 @@ def sweep(
     ray_workers: int | None = None,
     trust_remote_code: bool = DEFAULT.trust_remote_code,
     tune: TunePolicy | None = None,
+    metric: str = "eval_loss",
+    max_new_tokens: int = MAX_NEW_TOKENS,
     resume: bool = False,
     progress: bool = False,
 ) -> SweepResult:
@@ -80,6 +82,10 @@ def sweep(
 
     ``trust_remote_code`` lets a model that ships its own code (``auto_map``) run it (kept in sweep.yaml,
     so workers and ``--resume`` use it too).
+
+    ``metric='exact_match'`` picks the best config by greedy exact match of the eval completions
+    (``max_new_tokens`` at most; needs ``eval_data`` with prompt/completion or chat records), reported
+    beside eval loss for every config trained to the end.
 
     ``tune`` replaces plain halving by ``tune``'s rung-end policy (``sweeps/tuning.py``; ``loradial tune``
     passes it).
@@ -109,6 +115,7 @@ def sweep(
                 eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every, halving=halving,
                 halving_at=halving_at, gpu_memory=gpu_memory, devices=devices, pack_size=pack_size,
                 checkpoint_every=checkpoint_every, train=train, ray=ray, ray_workers=ray_workers, tune=tune,
+                metric=metric, max_new_tokens=max_new_tokens,
             )
             create_sweep_dir(sd, settings.to_yaml(), sweep_runner.initial_state(settings))
     from loradial.sweeps.segment import release

@@ -151,8 +151,15 @@ def config_result(
     }
 
 
-def pick_best(results: Sequence[Mapping[str, Any]]) -> str | None:
-    """Name of the config with the lowest best eval loss (ties: fewer params, then name); None if none."""
+def pick_best(results: Sequence[Mapping[str, Any]], metric: str = "eval_loss") -> str | None:
+    """Name of the config with the lowest best eval loss (ties: fewer params, then name); None if none.
+    With ``metric='exact_match'``: the highest exact match among the configs that have one (ties: the
+    eval-loss order)."""
+    if metric == "exact_match":
+        scored = [r for r in results if _finite(r.get("exact_match")) and _finite(r.get("best_eval_loss"))]
+        if scored:
+            return min(scored, key=lambda r: (-r["exact_match"], *rank_key(r["best_eval_loss"], r["trainable_params"],
+                                                                           r["name"])))["name"]
     scored = [r for r in results if _finite(r.get("best_eval_loss"))]
     if not scored:
         return None

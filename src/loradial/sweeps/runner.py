@@ -229,9 +229,11 @@ def finish(sd: SweepDir, settings: SweepSettings, ctx: Any, *, wall_seconds: flo
             steps=curve["train"][-1][0] if curve and curve["train"] else 0, stopped_at=c["stopped_at"], pack=c["pack"], train_seconds=c["train_seconds"],
             peak_memory_bytes=c["peak_memory_bytes"], verdict=verdict.get(entry.name),
         ))
+    if settings.metric == "exact_match":
+        _add_exact_match(sd, settings, state, configs)
     packs = state["rung_packs"]
     result = SweepResult(
-        out=str(sd.root), best=pick_best(configs), configs=configs, lr_rank_fit=lr_rank_fit(configs),
+        out=str(sd.root), best=pick_best(configs, settings.metric), configs=configs, lr_rank_fit=lr_rank_fit(configs),
         n_packs=len(packs[0]) if packs else 0, packs=packs,
         settings=settings.model_dump(mode="json", exclude={"configs", "costs"}),
         devices=list(ctx.devices), wall_seconds=wall_seconds, resumed=resumed,
@@ -243,3 +245,22 @@ def finish(sd: SweepDir, settings: SweepSettings, ctx: Any, *, wall_seconds: flo
     sd.write_state(state)
     sd.clean_work()
     return result
+
+
+def _add_exact_match(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], configs: list[dict[str, Any]]) -> None:
+    """Greedy exact match of every config trained to the end (``--metric exact_match``), beside eval loss;
+    kept in state.json so a resumed finish does not decode again."""
+    from loradial.adapters.generate import exact_match_of_adapters
+
+    done = [c["name"] for c in configs if c.get("stopped_at") is None and sd.adapter_dir(c["name"]).is_dir()]
+    scores = state.setdefault("exact_match", {})
+    todo = {n: sd.adapter_dir(n) for n in done if n not in scores}
+    if todo:
+        scores.update(exact_match_of_adapters(settings.model, settings.eval_data, todo,
+                                              max_new_tokens=settings.max_new_tokens,
+                                              batch_size=2 * settings.train.batch_size,
+                                              trust_remote_code=settings.train.trust_remote_code))
+        sd.write_state(state)
+    for c in configs:
+        c["exact_match"] = scores.get(c["name"])
+

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from loradial.errors import LoradialError
 from loradial.models.load import load_tokenizer
-from loradial.settings import DEFAULT, SweepConfigEntry, SweepSettings, TrainSettings, validated
+from loradial.settings import DEFAULT, MAX_NEW_TOKENS, SweepConfigEntry, SweepSettings, TrainSettings, validated
 from loradial.sweeps.devices import check_4bit, compute_dtype, kind, resolve_devices
 from loradial.sweeps.devices import is_ray, worker_budget
 
@@ -148,7 +148,7 @@ def _data(settings: SweepSettings, tokenizer) -> tuple[list, list]:
 def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, grid, steps, epochs,
             eval_data, eval_fraction, eval_every, halving, halving_at, gpu_memory, devices, pack_size,
             checkpoint_every, train: TrainSettings, ray=None, ray_workers=None,
-            tune=None) -> tuple[SweepSettings, Context]:
+            tune=None, metric="eval_loss", max_new_tokens=MAX_NEW_TOKENS) -> tuple[SweepSettings, Context]:
     """Validate everything and return (the SweepSettings sweep.yaml will hold, in-memory context)."""
     from loradial.models.resolve import inspect_model
     from loradial.models.targets import resolve_targets
@@ -166,6 +166,10 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
         raise LoradialError(f"--epochs must be positive, got {epochs}", "e.g. --epochs 1")
     if not data:
         raise LoradialError("no training data", "pass --data FILE")
+    if metric not in ("eval_loss", "exact_match"):
+        raise LoradialError(f"unknown --metric {metric!r}", "use eval_loss or exact_match")
+    if metric == "exact_match" and not eval_data:
+        raise LoradialError("--metric exact_match needs --eval-data", "pass an eval file of prompt/completion or chat records")
     devices = resolve_devices(devices, ray, ray_workers)
     model_dir = _model_dir(model)
     if train.load_in_4bit:
@@ -182,6 +186,11 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
                 eval_fraction=float(eval_fraction), grid=dict(values), train=train)
     probe = SweepSettings.model_construct(**base)
     train_ex, ev = _data(probe, tokenizer)
+    if metric == "exact_match":  # every eval record needs an answer, said before anything is written
+        from loradial.adapters.generate import prompts_and_answers
+        from loradial.data import load_records
+
+        prompts_and_answers(load_records(eval_data), tokenizer)
     per_step = train.batch_size * train.grad_accum  # sequences per optimizer step
     n_steps = steps if steps is not None else max(1, math.ceil((epochs or 1.0) * len(train_ex) / per_step))
     fractions = parse_fractions(halving_at) if halving else None
@@ -198,6 +207,7 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
         base, steps=n_steps, epochs=epochs, eval_every=eval_every, halving=bool(halving),
         halving_fractions=list(fractions) if fractions else None, halving_boundaries=rung_boundaries(n_steps, fractions),
         checkpoint_every=checkpoint_every, pack_size=pack_size, gpu_memory=gpu_memory, configs=entries, tune=tune,
+        metric=metric, max_new_tokens=max_new_tokens,
     ), "sweep")
     adapter_configs(settings, settings.names)  # the engine's own checks, before anything is written
     settings.budget_bytes, costs = memory_costs(settings, info, targeted, train_ex, devices, gpu_memory)
