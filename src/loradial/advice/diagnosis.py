@@ -33,7 +33,8 @@ Verdicts, in the order they are tested (thresholds are fields of ``Thresholds``)
                       is noise), or >= 3% there while that quarter holds >= 20% of the run's total
                       drop (not flattening) and the slope is >= 2 standard errors below zero; and
                       eval, if logged, at its minimum and >= 2% lower than a quarter of the run
-                      before the end
+                      before the end. Or, whatever the noisy train slope says: eval at its minimum
+                      and >= 5% lower than a quarter of the run before the end, train still falling
 7. ``underfitting``   train loss fell less than 10% from start to end, and the run is not unstable
                       (a diverged run is never called underfitting: raising its LR is the wrong move)
 8. ``healthy``        none of the above
@@ -72,6 +73,7 @@ class Thresholds:
     tail_t: float = 2.0
     tail_t_steep: float = 1.0
     eval_still_falling: float = 0.02
+    eval_steep: float = 0.05
     overfit_rise: float = 0.03
     gap_rel: float = 0.15
     gap_widen: float = 0.10
@@ -359,7 +361,8 @@ def judge(curve: Curve, th: Thresholds = Thresholds(), base_eval_loss: float | N
         e_then = _interp(t0, e_steps, e_loss)
         e_tail = (e_loss[-1] - e_then) / e_then if e_then > 0 and e_steps[0] <= t0 else 0.0
         ev["eval_tail_change"] = _round(e_tail, 3)
-        falling = falling and e_tail <= -th.eval_still_falling
+        # eval, averaged over many tokens, sees a steep fall that noisy per-step train losses blur
+        falling = (falling and e_tail <= -th.eval_still_falling) or (e_tail <= -th.eval_steep and st.tail_change < 0)
     if falling and eval_ok:
         flags.append("too_few_steps")
         said.append(f"train loss still falling {-st.tail_change:.1%} over the last quarter of the run "

@@ -229,8 +229,8 @@ def recommend(
                     "finds the best LR roughly rank-invariant)" if exponent == 0 else
                     f"times (r/{lr_rules['reference_rank']})^-{exponent:g} = {(r / lr_rules['reference_rank']) ** -exponent:.3g} "
                     "(--lr-rank-exponent; a hypothesis - loradial sweep measures it)")
-        reasons["learning_rate"] = (f"{lr:g}: the best LoRA LR measured at each width (tinker cookbook SFT sweep; "
-                                    f"~10x full fine-tuning's, LoRA Without Regret): {why_lr}; {rank_txt}; "
+        reasons["learning_rate"] = (f"{lr:g}: by model width - {why_lr}; anchors: the best LoRA LRs of the tinker "
+                                    f"cookbook's SFT sweep (~10x full fine-tuning's, LoRA Without Regret); {rank_txt}; "
                                     f"here s = {s:.3g}; sweep it")
         sources["learning_rate"] = cite(list(lr_rules.get("sources", [])) + ["hu2021"])
         if width is None and lr_rules.get("fixed") is None:

@@ -214,13 +214,15 @@ def lora_learning_rate(width: int | None, r: int, rules: dict[str, Any]) -> tupl
             base = lr_for_width(width, anchors, below, above)
             lo, hi = anchors[0][0], anchors[-1][0]
             if width < lo:
-                how = f"{anchors[0][1]:g} at hidden {lo:g} x ({lo:g}/{width})^{below:g}, narrower models take larger LRs"
+                how = (f"{anchors[0][1]:g} at hidden {lo:g} x ({lo:g}/{width})^{below:g} (the cookbook's earlier Llama fit: "
+                       "narrower models take larger LRs)")
             elif width > hi:
                 how = f"held at the widest anchor's {anchors[-1][1]:g}" if above == 0 else \
                     f"{anchors[-1][1]:g} at hidden {hi:g} x ({hi:g}/{width})^{above:g}"
             else:
-                how = "interpolated in log-log space between the measured anchors"
-            why = f"{base:.3g} for hidden size {width} ({how})"
+                (h0, lr0), (h1, lr1) = next((a, b) for a, b in zip(anchors, anchors[1:]) if a[0] <= width <= b[0])
+                how = f"log-log between {lr0:g} at hidden {h0:g} and {lr1:g} at {h1:g}"
+            why = f"hidden size {width}: {how}"
     exponent = float(cfg.get("rank_exponent", 0.0))
     ref = float(cfg["reference_rank"])
     lr = float(f"{base * (r / ref) ** (-exponent):.3g}")
