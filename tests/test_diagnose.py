@@ -260,3 +260,14 @@ def test_steep_noisy_tails_are_too_few_steps_where_the_old_rules_said_healthy():
         assert r.verdict == "too_few_steps" and r.next[0]["action"] == "train_longer"
     ev = diagnose(LOGS / "synthetic/too_few_eval_falling/trainer_state.json").evidence
     assert ev["eval_tail_change"] <= -0.05
+
+
+def test_real_short_low_lr_run_is_too_few_steps():
+    """HF Trainer + PEFT on the demo model at lr 3e-4 for 40 steps (make_real_diverged.py 'falling'): eval
+    6.47 -> 6.11 -> 5.57 -> 4.97 -> 4.69, still falling 5% over the last quarter. The old rules: 'healthy ...
+    flattened'."""
+    path = LOGS / "real/falling/trainer_state.json"
+    assert diagnose(path, thresholds=Thresholds(tail_t_steep=2.0, eval_steep=float("inf"))).verdict == "healthy"
+    r = diagnose(path)
+    assert r.verdict == "too_few_steps" and r.next[0] == {**r.next[0], "action": "train_longer"}
+    assert r.evidence["eval_tail_change"] <= -0.05 and r.evidence["base_eval_loss"] == pytest.approx(6.474, abs=1e-3)
