@@ -189,3 +189,85 @@ def test_plain_csv_with_loss_and_eval_in_the_same_rows(tmp_path):
     r = diagnose(tmp_path / "log.csv")
     assert r.format == "csv" and r.evidence["train_points"] == 120 and r.evidence["eval_points"] == 120
     assert r.verdict == "healthy"
+
+
+# --- divergence is never underfitting; a steep tail is too few steps (issue 13 item 4) ---------------
+def _curve_file(tmp_path, loss, grad=None, evals=(), name="log.jsonl"):
+    rows = [{"step": i + 1, "loss": v, "lr": 0.3, **({"grad_norm": grad[i]} if grad else {})} for i, v in enumerate(loss)]
+    rows += [{"step": s, "eval_loss": e} for s, e in evals]
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_real_lr03_run_is_diverged_and_the_next_step_lowers_the_lr():
+    """HF Trainer + PEFT on the demo model at lr 0.3 (tests/data/logs/make_real_diverged.py): loss 6.6 -> 7.2,
+    grad norm 173 at step 2 vs a median of 0.12, eval ends above the base model's (the eval at step 0).
+    The old rules called it overfitting (its seed-0 twin: unstable by two grad explosions)."""
+    for name in ("diverged", "diverged_seed0"):
+        r = diagnose(LOGS / "real" / name / "trainer_state.json")
+        a = r.adapters[0]
+        assert r.verdict == "unstable" and a.flags == ["unstable"], a.flags  # no underfitting, no overfitting
+        ev = r.evidence
+        assert ev["diverged"] is True and ev["grad_peak_ratio"] >= 100
+        assert ev["base_eval_loss"] == pytest.approx(6.474, abs=1e-3) and ev["eval_end"] > ev["base_eval_loss"]
+        assert r.summary[0].startswith("diverged:") and "too high" in r.summary[0]
+        step = r.next[0]
+        assert step["action"] == "lower_lr" and step["config"]["learning_rate"] == pytest.approx(0.03)
+        assert all(s["action"] != "raise_lr" for s in r.next)
+
+
+def test_loss_ending_above_its_start_with_a_grad_explosion_is_unstable(tmp_path):
+    # the issue's run: 5.7 -> spike to 13 (grad norm 69) -> back down, ends at 5.9 > 5.7; median grad norm 0.2
+    loss = [5.7, 13.0, 9.0, 7.5, 6.8] + [6.2 - 0.01 * i for i in range(35)]
+    grad = [1.0, 69.0, 8.0, 2.0, 1.0] + [0.2] * 35
+    r = diagnose(_curve_file(tmp_path, loss, grad))
+    assert r.verdict == "unstable" and "underfitting" not in r.adapters[0].flags
+    assert r.evidence["diverged"] and r.next[0]["action"] == "lower_lr"
+    assert r.next[0]["config"] == {"learning_rate": 0.03}
+    # the same curve without the explosion: not called diverged (a noisy start, no evidence of an LR problem)
+    r = diagnose(_curve_file(tmp_path, loss, [0.2] * 40, name="calm.jsonl"))
+    assert not r.evidence.get("diverged")
+
+
+def test_ending_above_the_base_models_eval_loss_with_exploding_grads(tmp_path):
+    loss = [4.0] + [3.9 - 0.002 * i for i in range(39)]  # falls a little...
+    grad = [0.3] * 10 + [40.0] + [0.3] * 29                # ...with one explosion
+    path = _curve_file(tmp_path, loss, grad)
+    assert diagnose(path).verdict != "unstable"
+    r = diagnose(path, base_eval_loss=3.5)                # ...but ends above what the base model scored
+    assert r.verdict == "unstable" and r.evidence["base_eval_loss"] == 3.5 and r.evidence["diverged"]
+    assert "above the base model's eval loss 3.5" in r.summary[0]
+    evals = [(0, 3.5), (20, 3.6), (40, 3.7)]                # an eval at step 0 is the base model's
+    r = diagnose(_curve_file(tmp_path, loss, grad, evals, name="with_eval.jsonl"))
+    assert r.verdict == "unstable" and r.evidence["base_eval_loss"] == 3.5
+    assert "overfitting" not in r.adapters[0].flags         # the best eval is the base model's: never improved
+    with pytest.raises(LoradialError, match="base eval loss"):
+        diagnose(path, base_eval_loss=-1.0)
+
+
+def test_loss_rising_over_the_run_is_unstable_not_underfitting(tmp_path):
+    loss = [2.0 + 0.004 * i for i in range(60)]  # +12% from start to end, no grad norms logged
+    r = diagnose(_curve_file(tmp_path, loss))
+    assert r.verdict == "unstable" and r.adapters[0].flags == ["unstable"] and r.evidence["diverged"]
+
+
+def test_steep_noisy_tails_are_too_few_steps_where_the_old_rules_said_healthy():
+    old = Thresholds(tail_t_steep=2.0, eval_steep=float("inf"))  # the rules before issue 13
+    for rel in ("synthetic/too_few_linear_noisy.jsonl", "synthetic/too_few_eval_falling/trainer_state.json"):
+        assert diagnose(LOGS / rel, thresholds=old).verdict == "healthy"
+        r = diagnose(LOGS / rel)
+        assert r.verdict == "too_few_steps" and r.next[0]["action"] == "train_longer"
+    ev = diagnose(LOGS / "synthetic/too_few_eval_falling/trainer_state.json").evidence
+    assert ev["eval_tail_change"] <= -0.05
+
+
+def test_real_short_low_lr_run_is_too_few_steps():
+    """HF Trainer + PEFT on the demo model at lr 3e-4 for 40 steps (make_real_diverged.py 'falling'): eval
+    6.47 -> 6.11 -> 5.57 -> 4.97 -> 4.69, still falling 5% over the last quarter. The old rules: 'healthy ...
+    flattened'."""
+    path = LOGS / "real/falling/trainer_state.json"
+    assert diagnose(path, thresholds=Thresholds(tail_t_steep=2.0, eval_steep=float("inf"))).verdict == "healthy"
+    r = diagnose(path)
+    assert r.verdict == "too_few_steps" and r.next[0] == {**r.next[0], "action": "train_longer"}
+    assert r.evidence["eval_tail_change"] <= -0.05 and r.evidence["base_eval_loss"] == pytest.approx(6.474, abs=1e-3)

@@ -1,18 +1,20 @@
-"""recommend: the task table leaning lower for small data, alpha/rsLoRA/scale, LR with the
-configurable rank exponent, memory fitting (batch, checkpointing, 4-bit, DoRA), the ladder, the
+"""recommend: the task table leaning lower for small data, alpha/rsLoRA/scale, the LR by model width
+(cited anchors, log-log interpolation, overridable) with the configurable rank exponent, memory fitting (batch, checkpointing, 4-bit, DoRA), the ladder, the
 rules override, --export, and one-line errors for bad input."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import yaml
 
 from loradial.errors import LoradialError
 from loradial.advice.recommendation import recommend
-from loradial.advice.rules import DEFAULT_RULES, SOURCES, alpha_from_rule, ladder_step_config, load_rules
+from loradial.advice.rules import (DEFAULT_RULES, SOURCES, alpha_from_rule, ladder_step_config, load_rules, lr_for_width,
+                                   model_width)
 
 M = "llama-3.1-8b"  # bundled config: offline
 
@@ -25,7 +27,7 @@ def test_task_table_normal_data(task, r, alpha, rslora):
     assert (res.r, res.lora_alpha, res.use_rslora) == (r, alpha, rslora)
     assert res.target_modules == "all-linear" and res.data["band"] == "normal"
     assert res.scale == pytest.approx(alpha / (r ** 0.5 if rslora else r))
-    assert res.learning_rate == 2e-4 and res.lora_dropout == 0.05
+    assert res.learning_rate == 3e-4 and res.lora_dropout == 0.05  # Llama-3.1-8B, hidden 4096
     for key in ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "learning_rate", "lora_dropout"):
         assert res.reasons[key] and "\n" not in res.reasons[key]
         assert res.sources.get(key, ["x"]), key
@@ -58,31 +60,115 @@ def test_full_parity_on_small_data_warns():
 
 
 def test_learning_rate_by_model_size_and_rank_exponent():
-    assert recommend("llama-3.1-70b", "standard", examples=5000).learning_rate == 1e-4
+    assert recommend("llama-3.1-70b", "standard", examples=5000).learning_rate == 3e-4
     res = recommend(M, "domain-shift", examples=5000, lr_rank_exponent=0.84)
-    assert res.learning_rate == pytest.approx(float(f"{2e-4 * (64 / 16) ** -0.84:.3g}"))
+    assert res.learning_rate == pytest.approx(float(f"{3e-4 * (64 / 16) ** -0.84:.3g}"))
     assert "0.84" in res.reasons["learning_rate"]
     assert "no primary source" in recommend(M, "standard", examples=5000).reasons["learning_rate"]
 
 
-def test_ladder_is_concrete():
-    res = recommend(M, "standard", examples=5000)
-    under = res.ladder["underfits"][0]
-    assert under["action"] == "double_rank" and under["config"] == {"r": 32, "lora_alpha": 64}
-    assert all(s["action"] != "all_linear_targets" for s in res.ladder["underfits"])  # already all-linear
-    assert res.ladder["overfits"][0]["action"] == "alpha_sweep"
-    assert next(s for s in res.ladder["overfits"] if s["action"] == "halve_alpha")["config"] == {"lora_alpha": 16}
-    assert res.ladder["unstable"][0]["config"] == {"learning_rate": 1e-4}
-    rs = recommend(M, "full-parity", examples=100_000)  # rsLoRA: doubling r keeps alpha
-    assert rs.ladder["underfits"][0]["config"] == {"r": 512}
+# --- the learning rate by model width ------------------------------------------------------------
+ANCHORS = DEFAULT_RULES["learning_rate"]["by_width"]["anchors"]
 
 
-def test_peft_config_loads():
-    import peft
+@pytest.mark.parametrize("hidden,lr", [
+    (2048, 1e-3), (3072, 1e-3), (4096, 3e-4), (8192, 3e-4),  # the cookbook's measured Llama 3 values, exactly
+    (16384, 3e-4),                                           # held flat above the widest anchor
+    (1024, 1e-3 * 2 ** 0.781),                               # below: lr ~ hidden ** -0.781 (the cookbook's Llama fit)
+    (256, 1e-3 * 8 ** 0.781),                                # the bundled demo model
+    (3584, 1e-3 * (3584 / 3072) ** (math.log(0.3) / math.log(4096 / 3072))),  # log-log between 3072 and 4096
+])
+def test_lr_for_width_known_values(hidden, lr):
+    assert lr_for_width(hidden, ANCHORS, 0.781, 0.0) == pytest.approx(lr, rel=1e-12)
 
-    res = recommend(M, "full-parity", examples=100_000)
-    cfg = peft.LoraConfig(**res.peft_config)
-    assert (cfg.r, cfg.lora_alpha, cfg.use_rslora) == (res.r, res.lora_alpha, True)
+
+def test_lr_for_width_is_monotone_and_continuous():
+    widths = [64 * 2 ** (k / 8) for k in range(0, 81)]  # 64 .. 65536
+    lrs = [lr_for_width(h, ANCHORS, 0.781, 0.0) for h in widths]
+    assert all(a >= b * (1 - 1e-12) for a, b in zip(lrs, lrs[1:]))  # never larger for a wider model
+    assert lrs[0] > 1e-2 > lrs[-1] == pytest.approx(3e-4)
+    for h, _ in ANCHORS:  # no jump at an anchor
+        assert lr_for_width(h * (1 - 1e-9), ANCHORS, 0.781, 0.0) == pytest.approx(lr_for_width(h * (1 + 1e-9), ANCHORS, 0.781, 0.0), rel=1e-6)
+    assert lr_for_width(1024, [[4096, 3e-4], [2048, 1e-3]], 1.0, 0.0) == pytest.approx(2e-3)  # anchor order is free
+    assert lr_for_width(8192, ANCHORS, 0.781, 1.0) == pytest.approx(3e-4)
+    assert lr_for_width(16384, ANCHORS, 0.781, 1.0) == pytest.approx(1.5e-4)
+
+
+def test_recommended_lr_by_model():
+    demo = "src/loradial/assets/demo-model"
+    from pathlib import Path
+
+    demo = str(Path(__file__).resolve().parents[1] / demo)
+    got = {m: recommend(m, "standard", examples=5000).learning_rate
+           for m in (demo, "qwen2.5-0.5b", "llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "llama-3.1-70b", "qwen3-30b-a3b")}
+    assert got == {demo: 5.07e-3, "qwen2.5-0.5b": 1.91e-3, "llama-3.2-1b": 1e-3, "llama-3.2-3b": 1e-3,
+                   "llama-3.1-8b": 3e-4, "llama-3.1-70b": 3e-4,
+                   "qwen3-30b-a3b": 1e-3}  # a MoE takes its width's LR (the cookbook's 1e-3), not its 30B size's
+    sizes = sorted(got, key=lambda m: recommend(m, "standard", examples=5000).model["total_params"])
+    dense = [m for m in sizes if m != "qwen3-30b-a3b"]
+    assert all(got[a] >= got[b] for a, b in zip(dense, dense[1:]))  # monotone in size
+    res = recommend(demo, "standard", examples=5000)
+    assert "hidden size 256" in res.reasons["learning_rate"] and "0.781" in res.reasons["learning_rate"]
+    assert any("tinker-cookbook" in s for s in res.sources["learning_rate"])
+
+
+def test_model_width_keys():
+    assert model_width({"hidden_size": 896}) == 896
+    assert model_width({"n_embd": 768}) == 768
+    assert model_width({"d_model": 512}) == 512
+    assert model_width({"text_config": {"hidden_size": 2048}}) == 2048
+    assert model_width({"vocab_size": 10}) is None
+
+
+def test_learning_rate_overrides(tmp_path):
+    assert recommend(M, "standard", examples=5000, learning_rate=5e-5).learning_rate == 5e-5
+    assert "given" in recommend(M, "standard", examples=5000, learning_rate=5e-5).reasons["learning_rate"]
+    f = tmp_path / "rules.yaml"
+    f.write_text("learning_rate: {fixed: 2.0e-4}\n")
+    assert recommend(M, "standard", examples=5000, rules_file=f).learning_rate == 2e-4
+    f.write_text("learning_rate: {by_width: {anchors: [[4096, 1.0e-3]], below_exponent: 1.0}}\n")
+    assert recommend(M, "standard", examples=5000, rules_file=f).learning_rate == 1e-3
+    assert recommend("llama-3.2-1b", "standard", examples=5000, rules_file=f).learning_rate == 2e-3
+    assert load_rules(None, learning_rate={"fixed": 1e-4})["learning_rate"]["fixed"] == 1e-4
+    for bad, needle in (("learning_rate: {base: 1.0e-4}", "no longer a rule"),
+                        ("learning_rate: {by_width: {anchors: [[0, 1.0e-3]]}}", "anchors"),
+                        ("learning_rate: {by_width: {anchors: [[2048, 1.0e-3], [2048, 2.0e-3]]}}", "two anchors"),
+                        ("learning_rate: {fixed: -1}", "learning_rate.fixed"),
+                        ("learning_rate: {by_width: {anchors: [[2048, 1.0e-3]], below_exponent: x}}", "below_exponent")):
+        f.write_text(bad + "\n")
+        with pytest.raises(LoradialError, match=needle):
+            recommend(M, "standard", examples=5000, rules_file=f)
+    for bad in (0, -1e-3, float("nan"), True, "1e-3"):
+        with pytest.raises(LoradialError, match="learning rate"):
+            recommend(M, "standard", examples=5000, learning_rate=bad)
+
+
+def test_tiny_model_from_config_and_no_width(tmp_path):
+    from conftest import TINY_CONFIGS
+
+    from loradial.advice.rules import lora_learning_rate
+
+    cfg = {**TINY_CONFIGS["llama"], "architectures": ["LlamaForCausalLM"]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert recommend(str(tmp_path), "standard", examples=1000).learning_rate == pytest.approx(
+        float(f"{1e-3 * (2048 / cfg['hidden_size']) ** 0.781:.3g}"))
+    rules = load_rules(None)
+    lr, why = lora_learning_rate(None, 16, rules)  # a config without a hidden size: the widest anchor's (smallest) LR
+    assert lr == 3e-4 and "no hidden size" in why
+    assert lora_learning_rate(256, 64, load_rules(None, learning_rate={"rank_exponent": 1.0}))[0] == pytest.approx(
+        float(f"{1e-3 * 8 ** 0.781 / 4:.3g}"))
+
+
+@pytest.mark.parametrize("fmt,path", [("trl", ("learning_rate",)), ("axolotl", ("learning_rate",)),
+                                      ("llamafactory", ("learning_rate",)), ("unsloth", ("training_args", "learning_rate")),
+                                      ("torchtune", ("optimizer", "lr"))])
+def test_exports_carry_the_width_lr(fmt, path):
+    res = recommend("llama-3.2-1b", "standard", examples=5000, export=fmt)  # PEFT's LoraConfig holds no LR
+    assert res.learning_rate == 1e-3
+    doc = res.export["document"]
+    for key in path:
+        doc = doc[key]
+    assert float(doc) == 1e-3 and "0.001" in res.export["text"]
 
 
 # --- memory fitting ------------------------------------------------------------------------------
@@ -179,7 +265,7 @@ def test_ladder_ops():
 
 def test_rules_file_override(tmp_path, cli):
     f = tmp_path / "rules.yaml"
-    f.write_text(yaml.safe_dump({"tasks": {"standard": {"ranks": [8, 8], "alpha": "r"}}, "learning_rate": {"base": 1e-4}}))
+    f.write_text(yaml.safe_dump({"tasks": {"standard": {"ranks": [8, 8], "alpha": "r"}}, "learning_rate": {"fixed": 1e-4}}))
     res = recommend(M, "standard", examples=5000, rules_file=f)
     assert (res.r, res.lora_alpha, res.learning_rate) == (8, 8, 1e-4)
     f.write_text("tasks:\n  mytask: {ranks: [2, 4], alpha: r, sources: [my notes]}\n")
@@ -240,7 +326,7 @@ def test_unknown_model(cli):
 
 def test_no_dora_where_peft_cannot_apply_it():
     res = recommend("qwen3-30b-a3b", "standard", examples=3000, gpu_memory=160)
-    assert res.use_dora is False and "DoRA" in res.reasons["use_dora"] and res.learning_rate == 1e-4
+    assert res.use_dora is False and "DoRA" in res.reasons["use_dora"] and res.learning_rate == 1e-3  # hidden 2048
 
 
 def test_dora_recommendation_is_consistent_about_dropout():

@@ -16,18 +16,27 @@ Verdicts, in the order they are tested (thresholds are fields of ``Thresholds``)
 
 1. ``unstable``       a NaN/inf loss or grad norm
 2. ``too_few_steps``  fewer than ``min_points`` train-loss points: nothing can be judged
-3. ``unstable``       divergence (smoothed train loss ends >= 25% above its minimum), >= 3 spikes,
-                      >= 2 grad-norm explosions (> 10x the local median) or a grad norm whose last-
-                      quarter median is >= 5x its first-half median
+3. ``unstable``       divergence: the smoothed train loss ends >= 25% above its minimum; or the train
+                      loss ends >= 5% above its start level; or it ends above where it started (the
+                      first logged loss, or the start level) or above the base model's eval loss
+                      (``base_eval_loss``, or an eval logged at step 0, where a LoRA is still the
+                      base model) while the grad norm peaked at >= 10x its median anywhere in the run
+                      (the issue-13 run at lr 0.3: loss 6.6 -> 7.2, grad norm 173 vs median 0.12).
+                      Also unstable: >= 3 spikes, >= 2 grad-norm explosions (> 10x the local median)
+                      or a grad norm whose last-quarter median is >= 5x its first-half median
 4. ``overfitting``    eval loss ends >= 3% above its minimum while train loss kept falling, or eval
                       stalled (< 3% better than at its middle evaluation) while the gap is >= 15% of
                       eval loss and grew by >= 10% of eval loss from its smallest value
 5. ``memorizing``     end train loss below 0.2 (nats)
-6. ``too_few_steps``  train loss still falling: >= 8% over the last quarter, or >= 3% there while
-                      that quarter holds >= 20% of the run's total drop (not flattening), with the
-                      raw tail slope at least 2 standard errors below zero; and eval, if logged, at
-                      its minimum and >= 2% lower than a quarter of the run before the end
-7. ``underfitting``   train loss fell less than 10% from start to end
+6. ``too_few_steps``  train loss still falling: >= 8% over the last quarter with the raw tail slope at
+                      least 1 standard error below zero (steep: the point estimate decides unless it
+                      is noise), or >= 3% there while that quarter holds >= 20% of the run's total
+                      drop (not flattening) and the slope is >= 2 standard errors below zero; and
+                      eval, if logged, at its minimum and >= 2% lower than a quarter of the run
+                      before the end. Or, whatever the noisy train slope says: eval at its minimum
+                      and >= 5% lower than a quarter of the run before the end, train still falling
+7. ``underfitting``   train loss fell less than 10% from start to end, and the run is not unstable
+                      (a diverged run is never called underfitting: raising its LR is the wrong move)
 8. ``healthy``        none of the above
 
 "High" is relative: without a reference loss for the user's task, a plateau is only called
@@ -62,7 +71,9 @@ class Thresholds:
     tail_share: float = 0.20
     tail_floor: float = 0.03
     tail_t: float = 2.0
+    tail_t_steep: float = 1.0
     eval_still_falling: float = 0.02
+    eval_steep: float = 0.05
     overfit_rise: float = 0.03
     gap_rel: float = 0.15
     gap_widen: float = 0.10
@@ -70,6 +81,7 @@ class Thresholds:
     spike_sigmas: float = 6.0
     spikes_unstable: int = 3
     diverge_rel: float = 0.25
+    rise_rel: float = 0.05
     grad_explode: float = 10.0
     grad_explosions_unstable: int = 2
     grad_growth: float = 5.0
@@ -164,8 +176,11 @@ def grad_findings(steps: np.ndarray, grad: list[float | None], th: Thresholds) -
     exploded = [_stepv(x) for x in s[skip:][g[skip:] > th.grad_explode * local[skip:]]]
     first_half = float(np.median(g[: len(g) // 2]))
     last_quarter = float(np.median(g[-_edge(len(g), 0.25):]))
+    median = float(np.median(g))
     return {
-        "grad_norm_median": _round(float(np.median(g))), "grad_norm_max": _round(float(np.max(g))),
+        "grad_norm_median": _round(median), "grad_norm_max": _round(float(np.max(g))),
+        "grad_norm_max_step": _stepv(float(s[int(np.argmax(g))])),
+        "grad_peak_ratio": _round(float(np.max(g)) / median) if median > 0 else None,
         "grad_explosions": exploded[:20],
         "grad_growth": _round(last_quarter / first_half) if first_half > 0 else None,
     }
@@ -188,8 +203,19 @@ def _interp(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(np.interp(x, xs, ys))
 
 
-def judge(curve: Curve, th: Thresholds = Thresholds()) -> tuple[list[str], list[str], dict[str, Any]]:
-    """(flags, summary sentences, evidence) for one adapter's curves."""
+def base_eval_from(curve: Curve) -> float | None:
+    """The base model's eval loss when the log has it: an eval at step 0 (before the first update a
+    LoRA adapter's B is zero, so the model is the base model)."""
+    for step, value in zip(curve.eval_steps, curve.eval_loss):
+        if step <= 0 and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def judge(curve: Curve, th: Thresholds = Thresholds(), base_eval_loss: float | None = None,
+          ) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(flags, summary sentences, evidence) for one adapter's curves. ``base_eval_loss``: the base
+    model's eval loss, when known (else read from an eval at step 0, see ``base_eval_from``)."""
     steps = np.asarray(curve.steps, dtype=float)
     loss = np.asarray(curve.loss, dtype=float)
     ev: dict[str, Any] = {"train_points": int(len(loss)), "eval_points": len(curve.eval_loss)}
@@ -232,6 +258,9 @@ def judge(curve: Curve, th: Thresholds = Thresholds()) -> tuple[list[str], list[
     grad = grad_findings(np.asarray(curve.steps, dtype=float)[: len(curve.grad_norm)], curve.grad_norm, th) \
         if any(g is not None for g in curve.grad_norm) else {}
     ev.update(grad)
+    base = base_eval_loss if base_eval_loss is not None else base_eval_from(curve)
+    if base is not None:
+        ev["base_eval_loss"] = _round(base)
 
     # 3. instability
     smooth_end = float(np.median(st.smooth[-_edge(st.n, th.edge_frac):]))
@@ -239,6 +268,30 @@ def judge(curve: Curve, th: Thresholds = Thresholds()) -> tuple[list[str], list[
     if diverged:
         said.append(f"train loss diverged: fell to {st.min:.4g} at step {st.min_step:g}, ends at {smooth_end:.4g} "
                     f"(+{(smooth_end / st.min - 1) * 100:.0f}%)")
+    # ended worse than it began: never underfitting, whatever the start level's median says
+    first = float(loss[0])
+    start_ref = min(st.start, first)
+    peak = grad.get("grad_peak_ratio")
+    exploded = peak is not None and peak >= th.grad_explode
+    e_finite = [v for s_, v in zip(curve.eval_steps, curve.eval_loss) if s_ > 0 and math.isfinite(v)]
+    e_last = e_finite[-1] if e_finite else None
+    worse_than_base = base is not None and (st.end > base or (e_last is not None and e_last > base))
+    rose_clearly = st.start > 0 and st.end >= st.start * (1 + th.rise_rel)
+    rose = st.end > start_ref
+    ended_worse = rose_clearly or ((rose or worse_than_base) and exploded)
+    if ended_worse:
+        what = []
+        if rose or rose_clearly:
+            what.append(f"train loss ended above where it started ({start_ref:.4g} -> {st.end:.4g})")
+        if worse_than_base:
+            worse = [f"train {st.end:.4g}"] if st.end > base else []
+            worse += [f"eval {e_last:.4g}"] if e_last is not None and e_last > base else []
+            what.append(f"{' and '.join(worse)} above the base model's eval loss {base:.4g}")
+        grad_txt = (f", with the grad norm peaking at {grad['grad_norm_max']:g} (step {grad['grad_norm_max_step']:g}), "
+                    f"{peak:.0f}x its median {grad['grad_norm_median']:g}" if exploded else "")
+        said.insert(0, f"diverged: {'; '.join(what)}{grad_txt} - the LR is too high, not too low")
+    if diverged or ended_worse:
+        ev["diverged"] = True
     if len(st.spikes) >= th.spikes_unstable:
         said.append(f"{len(st.spikes)} loss spikes (> {th.spike_rel:.0%} above the local median), first at step {st.spikes[0]:g}")
     elif st.spikes:
@@ -249,8 +302,8 @@ def judge(curve: Curve, th: Thresholds = Thresholds()) -> tuple[list[str], list[
         said.append(f"{len(explosions)} grad-norm explosions (> {th.grad_explode:g}x the local median), first at step {explosions[0]:g}")
     if growth is not None and growth >= th.grad_growth:
         said.append(f"grad norm grew {growth:g}x from the first half to the last quarter")
-    if diverged or len(st.spikes) >= th.spikes_unstable or len(explosions) >= th.grad_explosions_unstable \
-            or (growth is not None and growth >= th.grad_growth):
+    if diverged or ended_worse or len(st.spikes) >= th.spikes_unstable \
+            or len(explosions) >= th.grad_explosions_unstable or (growth is not None and growth >= th.grad_growth):
         if "unstable" not in flags:
             flags.append("unstable")
 
@@ -273,7 +326,9 @@ def judge(curve: Curve, th: Thresholds = Thresholds()) -> tuple[list[str], list[
         ev.update(eval_start=_round(float(e_loss[0])), eval_min=_round(e_min), eval_min_step=_stepv(e_min_step),
                   eval_end=_round(e_end), eval_rise=_round(rise, 3), gap_at_eval_min=_round(gap_at_min),
                   gap_min=_round(float(np.min(gaps))), gap_end=_round(gap_end), train_drop_after_eval_min=_round(train_fell))
-        rising = len(e_loss) >= 3 and rise >= th.overfit_rise and e_min_step < e_steps[-1] and train_fell > 0
+        # the eval minimum must come after training began: a run whose best eval is the base model's
+        # (an eval at step 0) never improved, which is not overfitting
+        rising = len(e_loss) >= 3 and rise >= th.overfit_rise and 0 < e_min_step < e_steps[-1] and train_fell > 0
         gap_min = float(np.min(gaps))
         e_mid = float(e_loss[len(e_loss) // 2])
         stalled = (e_mid - e_end) / e_end < th.overfit_rise if e_end > 0 else False
@@ -299,21 +354,22 @@ def judge(curve: Curve, th: Thresholds = Thresholds()) -> tuple[list[str], list[
     drop = st.start - st.end
     tail_share = -st.tail_change * abs(st.end) / drop if drop > 0 else 0.0
     ev.update(tail_share=_round(tail_share, 3), tail_t=_round(st.tail_t, 3))
-    falling = (st.tail_change <= -th.still_falling or (tail_share >= th.tail_share and st.tail_change <= -th.tail_floor)) \
-        and st.tail_t <= -th.tail_t
+    falling = (st.tail_change <= -th.still_falling and st.tail_t <= -th.tail_t_steep) \
+        or (tail_share >= th.tail_share and st.tail_change <= -th.tail_floor and st.tail_t <= -th.tail_t)
     if len(e_loss) >= 3:  # eval, less noisy than per-step train loss, must agree
         t0 = float(steps[-1] - th.tail_frac * (steps[-1] - steps[0]))
         e_then = _interp(t0, e_steps, e_loss)
         e_tail = (e_loss[-1] - e_then) / e_then if e_then > 0 and e_steps[0] <= t0 else 0.0
         ev["eval_tail_change"] = _round(e_tail, 3)
-        falling = falling and e_tail <= -th.eval_still_falling
+        # eval, averaged over many tokens, sees a steep fall that noisy per-step train losses blur
+        falling = (falling and e_tail <= -th.eval_still_falling) or (e_tail <= -th.eval_steep and st.tail_change < 0)
     if falling and eval_ok:
         flags.append("too_few_steps")
         said.append(f"train loss still falling {-st.tail_change:.1%} over the last quarter of the run "
                     f"({tail_share:.0%} of its total drop; slope {st.tail_slope:.3g}/step)")
 
     # 7. underfitting
-    if st.rel_drop < th.underfit_rel_drop and not falling:
+    if st.rel_drop < th.underfit_rel_drop and not falling and "unstable" not in flags:
         flags.append("underfitting")
         said.append(f"train loss barely fell: {st.start:.4g} -> {st.end:.4g} ({st.rel_drop:.1%}); "
                     f"last-quarter change {st.tail_change:+.1%}")
@@ -391,13 +447,20 @@ class Diagnosis(Result):
 
 
 def diagnose(log: str | Path, config: str | Path | None = None, rules_file: str | Path | None = None,
-             thresholds: Thresholds | None = None) -> Diagnosis:
+             thresholds: Thresholds | None = None, base_eval_loss: float | None = None) -> Diagnosis:
     """Diagnose a training log (see the module docstring for formats, statistics and thresholds).
 
     ``config``: a PEFT adapter_config.json describing the run (default: ``adapters/<adapter>/`` next to
     a loradial metrics.jsonl, or the one next to the log), so that ``next`` holds concrete values
     (r, lora_alpha, learning_rate) instead of operations.
+
+    ``base_eval_loss``: the base model's loss on the run's eval data, when known (an eval logged at
+    step 0 serves too); a run ending above it with exploding gradients is diverged.
     """
+    if base_eval_loss is not None and not (isinstance(base_eval_loss, (int, float)) and not isinstance(base_eval_loss, bool)
+                                           and math.isfinite(base_eval_loss) and base_eval_loss > 0):
+        raise LoradialError(f"base eval loss must be a positive number, got {base_eval_loss!r}",
+                            "the base model's mean loss on the eval data, e.g. 2.31")
     th = thresholds or Thresholds()
     rules = _rules.load_rules(rules_file)
     data = read_log(log)
@@ -408,7 +471,7 @@ def diagnose(log: str | Path, config: str | Path | None = None, rules_file: str 
     for name, curve in data.curves.items():
         if not curve.loss:
             continue
-        flags, said, ev = judge(curve, th)
+        flags, said, ev = judge(curve, th, base_eval_loss)
         if config is not None:
             cfg_path = Path(config)
         elif (run_dir / "adapters" / name / "adapter_config.json").is_file():  # loradial train / sweep

@@ -10,8 +10,12 @@ The rules are data (``loradial.rules``, overridable with ``--rules FILE``):
 * alpha: the task's rule ('r', '2r', 'r/2'); ``use_rslora`` above r = 64, and the resulting scale
   s = alpha/r or alpha/sqrt(r) is reported, because under Adam s acts like a learning-rate factor;
 * targets: all linear layers (QLoRA; LoRA Without Regret; Biderman et al.);
-* learning rate: the QLoRA scripts' 2e-4 (1e-4 from 30B parameters), times
-  (r / 16) ** (-exponent) with the exponent 0 by default (see ``rules.DEFAULT_RULES``);
+* learning rate: by the model's width (hidden size), ``rules.lr_for_width``: the best LoRA LRs the
+  tinker cookbook measured for Llama 3 (1e-3 at hidden 2048-3072, 3e-4 at 4096-8192), interpolated
+  in log-log space, and below hidden 2048 their earlier fit lr ~ hidden_size ** -0.781 (so 5.1e-3
+  for the bundled 4M demo model at hidden 256, 2.9e-3 at hidden 512); times (r / 16) ** (-exponent)
+  with the exponent 0 by default (see ``rules.DEFAULT_RULES``). Measured on the project's own
+  models in benchmarks/recommend/RESULTS.md;
 * dropout: 0.1 / 0.05 / 0 for tiny / normal / large data;
 * batch: the largest micro batch (<= 16 sequences per step) that fits ``--gpu-memory`` without
   gradient checkpointing, else with it, else with a 4-bit base (QLoRA); gradient accumulation
@@ -134,15 +138,23 @@ def recommend(
     gpu_memory: float | None = None,
     seq_len: int | None = None,
     lr_rank_exponent: float | None = None,
+    learning_rate: float | None = None,
     rules_file: str | Path | None = None,
     dtype: str = "bf16",
     export: str | None = None,
     export_out: str | Path | None = None,
 ) -> Recommendation:
-    """A starting config (see the module docstring for every rule and its source)."""
+    """A starting config (see the module docstring for every rule and its source).
+
+    ``learning_rate`` replaces the width rule's LR (the rules file can too: ``learning_rate.fixed``, or
+    other ``learning_rate.by_width`` anchors).
+    """
     overrides = {"learning_rate": {"rank_exponent": lr_rank_exponent}} if lr_rank_exponent is not None else {}
     if lr_rank_exponent is not None and not (isinstance(lr_rank_exponent, (int, float)) and math.isfinite(lr_rank_exponent)):
         raise LoradialError(f"--lr-rank-exponent must be a number, got {lr_rank_exponent!r}", "e.g. 0 or 0.5")
+    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
+                                      or not math.isfinite(learning_rate) or learning_rate <= 0):
+        raise LoradialError(f"learning rate must be a positive number, got {learning_rate!r}", "e.g. 1e-3")
     rules = _rules.load_rules(rules_file, **overrides)
     _check_inputs(task, examples, tokens, gpu_memory, seq_len, rules)
     if export is not None:
@@ -203,22 +215,27 @@ def recommend(
                                  f"({len(pairs)} modules, {n_params:,} trainable parameters)")
     sources["target_modules"] = cite(["dettmers2023", "schulman2025", "biderman2024"])
 
-    # learning rate
+    # learning rate: by the model's width (rules.lora_learning_rate), unless given
     lr_rules = rules["learning_rate"]
-    large_model = info.total_params >= lr_rules["large_model_params"]
-    base = lr_rules["base_large_model"] if large_model else lr_rules["base"]
     exponent = float(lr_rules["rank_exponent"])
-    from loradial.advice.rules import lr_for_rank
-
-    lr = float(f"{lr_for_rank(base, r, exponent, int(lr_rules['reference_rank'])):.3g}")
-    size_txt = f"{info.total_params / 1e9:.1f}B parameters {'>=' if large_model else '<'} {lr_rules['large_model_params'] / 1e9:g}B"
-    rank_txt = ("not scaled with rank (exponent 0: the folklore r^-0.84 has no primary source; LoRA Without Regret "
-                "finds the best LR roughly rank-invariant)" if exponent == 0 else
-                f"times (r/{lr_rules['reference_rank']})^-{exponent:g} = {(r / lr_rules['reference_rank']) ** -exponent:.3g} "
-                "(--lr-rank-exponent; a hypothesis - loradial sweep measures it)")
-    reasons["learning_rate"] = (f"{lr:g}: QLoRA's {base:g} for {size_txt} (run there at s = 0.25; here s = {s:.3g}), "
-                                f"{rank_txt}; sweep it")
-    sources["learning_rate"] = cite(list(lr_rules.get("sources", [])) + ["hu2021"])
+    width = _rules.model_width(info.full_config())
+    if learning_rate is not None:
+        lr = float(learning_rate)
+        reasons["learning_rate"] = f"{lr:g}: given (learning_rate=...), not the width rule; sweep it"
+        sources["learning_rate"] = ["given by the user"]
+    else:
+        lr, why_lr = _rules.lora_learning_rate(width, r, rules)
+        rank_txt = ("not scaled with rank (exponent 0: the folklore r^-0.84 has no primary source; LoRA Without Regret "
+                    "finds the best LR roughly rank-invariant)" if exponent == 0 else
+                    f"times (r/{lr_rules['reference_rank']})^-{exponent:g} = {(r / lr_rules['reference_rank']) ** -exponent:.3g} "
+                    "(--lr-rank-exponent; a hypothesis - loradial sweep measures it)")
+        reasons["learning_rate"] = (f"{lr:g}: by model width - {why_lr}; anchors: the best LoRA LRs of the tinker "
+                                    f"cookbook's SFT sweep (~10x full fine-tuning's, LoRA Without Regret); {rank_txt}; "
+                                    f"here s = {s:.3g}; sweep it")
+        sources["learning_rate"] = cite(list(lr_rules.get("sources", [])) + ["hu2021"])
+        if width is None and lr_rules.get("fixed") is None:
+            warnings.append("the model's config names no hidden size: the learning rate is the widest anchor's "
+                            f"({lr:g}), likely low for a small model - sweep it")
 
     dropout = float(rules["dropout"][band])
     reasons["lora_dropout"] = f"{dropout:g} for {band} data (QLoRA used 0.1 for 7B/13B, 0.05 for 33B/65B; 0 keeps PEFT's fast DoRA path)"

@@ -59,6 +59,15 @@ SOURCES: dict[str, dict[str, str]] = {
                     "1/r scaling with a fixed alpha; low ranks fall behind once the dataset outgrows their "
                     "capacity; LoRA tolerates large batches less well than full FT",
     },
+    "tinker_cookbook": {
+        "cite": "Thinking Machines Lab, tinker-cookbook, tinker_cookbook/hyperparam_utils.py get_lr() "
+                "(github.com/thinking-machines-lab/tinker-cookbook, commit 02face34)",
+        "supports": "'empirically-determined optimal LoRA learning rates from a comprehensive SFT sweep across all "
+                    "Tinker models (tulu3 dataset, batch_size=128, 780 steps)': Llama-3.2-1B 1e-3, Llama-3.2-3B 1e-3, "
+                    "Llama-3.1-8B 3e-4, Llama-3.1-70B 3e-4, Llama-3.3-70B-Instruct 3e-4; Qwen3-4B-Instruct 1e-3, Qwen3-8B "
+                    "1e-3, Qwen3-30B-A3B 1e-3, Qwen3-32B 3e-4, Qwen3-235B-A22B 3e-4; an earlier version of get_lr "
+                    "computed lr = 5e-5 * 10 * (2000 / hidden_size) ** 0.781 for Llama (0.0775 for Qwen)",
+    },
     "liu2024": {
         "cite": "Liu et al. 2024, DoRA: Weight-Decomposed Low-Rank Adaptation, arXiv:2402.09353",
         "supports": "magnitude/direction decomposition; reports consistent gains over LoRA; no inference "
@@ -105,6 +114,121 @@ def plain_number(x: float) -> float | int:
     return int(x) if float(x).is_integer() else float(x)
 
 
+# --- the learning rate by model width -----------------------------------------------------------
+def lr_for_width(hidden_size: float, anchors: list[tuple[float, float]] | list[list[float]],
+                 below_exponent: float = 0.781, above_exponent: float = 0.0) -> float:
+    """The LoRA learning rate for a model of width ``hidden_size`` from measured (width, best LR) anchors.
+
+    With anchors (h_0, lr_0) < ... < (h_n, lr_n) sorted by width:
+
+    * h_i <= h <= h_i+1: linear interpolation in log-log space,
+      ``log lr = log lr_i + (log h - log h_i) / (log h_i+1 - log h_i) * (log lr_i+1 - log lr_i)``;
+    * h < h_0: ``lr_0 * (h_0 / h) ** below_exponent`` (a narrower model takes a larger LR);
+    * h > h_n: ``lr_n * (h_n / h) ** above_exponent``.
+
+    Source of the defaults (``DEFAULT_RULES['learning_rate']['by_width']``): Thinking Machines'
+    tinker-cookbook ``hyperparam_utils.get_lr`` returns "empirically-determined optimal LoRA learning
+    rates from a comprehensive SFT sweep across all Tinker models (tulu3 dataset, batch_size=128, 780
+    steps)"; for the Llama 3 family these are 1e-3 at 1B (hidden 2048) and 3B (3072), 3e-4 at 8B
+    (4096) and 70B (8192). Their earlier ``get_lr`` fitted ``lr = 5e-5 * 10 * (2000 / hidden_size) **
+    0.781`` for Llama (exponent 0.0775 for Qwen), the ``below_exponent`` here; no anchor below 1B was
+    published, so small models rely on that exponent - loradial checks it on its own 4M and 19M
+    models (benchmarks/recommend/RESULTS.md). LoRA Without Regret (Schulman et al. 2025) explains the
+    size: the best LoRA LR is about 10x the full fine-tuning LR, which falls with width.
+
+    Keyed on width, not on parameter count: a mixture of experts (Qwen3-30B-A3B, hidden 2048) has
+    the cookbook LR of a dense model of its width (1e-3), not of its total size. Two models of one
+    width can differ by ~3x (Qwen3-8B 1e-3 vs Llama-3.1-8B 3e-4, both hidden 4096): a starting
+    point to sweep around, not an optimum.
+    """
+    pts = sorted((float(h), float(lr)) for h, lr in anchors)
+    h = float(hidden_size)
+    if h <= 0 or not math.isfinite(h):
+        raise LoradialError(f"hidden size must be a positive number, got {hidden_size!r}")
+    if h <= pts[0][0]:
+        return pts[0][1] * (pts[0][0] / h) ** below_exponent
+    if h >= pts[-1][0]:
+        return pts[-1][1] * (pts[-1][0] / h) ** above_exponent
+    for (h0, lr0), (h1, lr1) in zip(pts, pts[1:]):
+        if h0 <= h <= h1:
+            t = (math.log(h) - math.log(h0)) / (math.log(h1) - math.log(h0))
+            return math.exp(math.log(lr0) + t * (math.log(lr1) - math.log(lr0)))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def width_rule_from(cfg: Any) -> tuple[list[tuple[float, float]], float, float]:
+    """Validate ``learning_rate.by_width`` -> (anchors sorted by width, below_exponent, above_exponent)."""
+    if not isinstance(cfg, dict):
+        raise LoradialError(f"rules: learning_rate.by_width must be a mapping, got {cfg!r}",
+                            "keys: anchors ([[hidden_size, lr], ...]), below_exponent, above_exponent")
+    anchors = cfg.get("anchors")
+    ok = isinstance(anchors, list) and anchors and all(
+        isinstance(a, (list, tuple)) and len(a) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in a)
+        for a in anchors)
+    if not ok:
+        raise LoradialError(f"rules: learning_rate.by_width.anchors must be a list of [hidden_size, lr] pairs of "
+                            f"positive numbers, got {anchors!r}", "e.g. anchors: [[2048, 1.0e-3], [4096, 3.0e-4]]")
+    widths = [float(a[0]) for a in anchors]
+    if len(set(widths)) != len(widths):
+        raise LoradialError("rules: learning_rate.by_width.anchors has two anchors at one hidden size")
+    exps = []
+    for key in ("below_exponent", "above_exponent"):
+        v = cfg.get(key, 0.0)
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise LoradialError(f"rules: learning_rate.by_width.{key} must be a number, got {v!r}")
+        exps.append(float(v))
+    return sorted((float(h), float(lr)) for h, lr in anchors), exps[0], exps[1]
+
+
+#: config keys that hold the residual width, first present wins (text_config for multimodal models)
+WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim", "model_dim")
+
+
+def model_width(config: dict[str, Any]) -> int | None:
+    """The residual stream width of a model from its config.json (None if none of WIDTH_KEYS is there)."""
+    for cfg in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
+        if not isinstance(cfg, dict):
+            continue
+        for key in WIDTH_KEYS:
+            v = cfg.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def lora_learning_rate(width: int | None, r: int, rules: dict[str, Any]) -> tuple[float, str]:
+    """(learning rate, one sentence saying how it was chosen) for a LoRA of rank ``r`` on a model of
+    this width: ``learning_rate.fixed`` if set, else ``lr_for_width``; then times
+    ``(r / reference_rank) ** -rank_exponent``; rounded to 3 significant digits."""
+    cfg = rules["learning_rate"]
+    if cfg.get("fixed") is not None:
+        base = float(cfg["fixed"])
+        why = f"learning_rate.fixed {base:g} from the rules"
+    else:
+        anchors, below, above = width_rule_from(cfg["by_width"])
+        if width is None:
+            base = anchors[-1][1]
+            why = f"{base:g}: the model's config names no hidden size, so the widest anchor's LR (the smallest)"
+        else:
+            base = lr_for_width(width, anchors, below, above)
+            lo, hi = anchors[0][0], anchors[-1][0]
+            if width < lo:
+                how = (f"{anchors[0][1]:g} at hidden {lo:g} x ({lo:g}/{width})^{below:g} (the cookbook's earlier Llama fit: "
+                       "narrower models take larger LRs)")
+            elif width > hi:
+                how = f"held at the widest anchor's {anchors[-1][1]:g}" if above == 0 else \
+                    f"{anchors[-1][1]:g} at hidden {hi:g} x ({hi:g}/{width})^{above:g}"
+            else:
+                (h0, lr0), (h1, lr1) = next((a, b) for a, b in zip(anchors, anchors[1:]) if a[0] <= width <= b[0])
+                how = f"log-log between {lr0:g} at hidden {h0:g} and {lr1:g} at {h1:g}"
+            why = f"hidden size {width}: {how}"
+    exponent = float(cfg.get("rank_exponent", 0.0))
+    ref = float(cfg["reference_rank"])
+    lr = float(f"{lr_for_rank(base, r, exponent, ref):.3g}")
+    return lr, why
+
+
 # --- the default rules, as one YAML-shaped dict -------------------------------------------------
 DEFAULT_RULES: dict[str, Any] = {
     "tasks": {
@@ -141,14 +265,24 @@ DEFAULT_RULES: dict[str, Any] = {
     "rslora_above_rank": 64,            # use_rslora when r > 64 (seed), s = alpha/sqrt(r)
     "target_modules": "all-linear",     # dettmers2023, schulman2025, biderman2024
     "learning_rate": {
-        # base LR at reference_rank, from the QLoRA scripts (lr 2e-4 for 7B/13B, 1e-4 for 33B/65B)
-        "base": 2.0e-4, "base_large_model": 1.0e-4, "large_model_params": 30_000_000_000,
+        # The LoRA LR by model width (hidden size), see `lr_for_width`: log-log interpolation between
+        # measured anchors [hidden_size, best LoRA LR] - the tinker cookbook's SFT sweep for the Llama 3
+        # family (1B h=2048: 1e-3, 3B h=3072: 1e-3, 8B h=4096: 3e-4, 70B h=8192: 3e-4) - extended below
+        # the smallest anchor by the cookbook's earlier Llama fit lr ~ hidden_size ** -0.781 and held
+        # flat above the largest. Checked on the project's own models in benchmarks/recommend/RESULTS.md.
+        "by_width": {
+            "anchors": [[2048, 1.0e-3], [3072, 1.0e-3], [4096, 3.0e-4], [8192, 3.0e-4]],
+            "below_exponent": 0.781,
+            "above_exponent": 0.0,
+        },
+        # A number here replaces the width rule for every model (e.g. 2e-4, the QLoRA scripts' value).
+        "fixed": None,
         "reference_rank": 16,
-        # lr(r) = base * (r / reference_rank) ** (-rank_exponent). The often-quoted 0.84 has no primary
+        # lr(r) = lr * (r / reference_rank) ** (-rank_exponent). The often-quoted 0.84 has no primary
         # source we could find; LoRA Without Regret reports the optimal LR roughly rank-invariant under
         # 1/r scaling with a fixed alpha. Default 0 = same LR at every rank; `loradial sweep` measures it.
         "rank_exponent": 0.0,
-        "sources": ["dettmers2023", "schulman2025", "loradial"],
+        "sources": ["tinker_cookbook", "schulman2025", "loradial"],
     },
     # dropout by data-size band; QLoRA used 0.1 (7B/13B) and 0.05 (33B/65B); 0 on large data keeps
     # PEFT's fast DoRA path. The mapping to data size is ours.
@@ -198,7 +332,13 @@ DEFAULT_RULES: dict[str, Any] = {
              "why": "regularize small data", "sources": ["dettmers2023"]},
         ],
         "unstable": [
-            {"action": "halve_lr", "change": {"learning_rate": "/2"},
+            # `when` / `unless`: the step applies only if diagnose's evidence has (lacks) that flag
+            {"action": "lower_lr", "change": {"learning_rate": "/10"}, "when": "diverged",
+             "why": "the run diverged (its loss ended above where it started, or above the base model's, or far "
+                    "above its minimum): the LR is far too high, not a little - go down an order of magnitude "
+                    "(or to loradial recommend's LR for the model)",
+             "sources": ["schulman2025", "loradial"]},
+            {"action": "halve_lr", "change": {"learning_rate": "/2"}, "unless": "diverged",
              "why": "spikes, divergence and exploding gradients are LR (x s) too high",
              "sources": ["biderman2024"]},
             {"action": "revisit_alpha", "change": {"lora_alpha": "/2"},
@@ -280,8 +420,15 @@ def validate_rules(rules: dict[str, Any]) -> None:
     if ds["tiny_examples"] >= ds["large_examples"] or ds["tiny_tokens"] >= ds["large_tokens"]:
         raise LoradialError("rules: data_size tiny thresholds must be below the large ones")
     lr = rules["learning_rate"]
-    for key in ("base", "base_large_model", "large_model_params", "reference_rank"):
-        _positive_number(lr.get(key), f"learning_rate.{key}")
+    gone = sorted({"base", "base_large_model", "large_model_params"} & set(lr))
+    if gone:
+        raise LoradialError(f"rules: learning_rate.{gone[0]} is no longer a rule: the LR now follows the model's width "
+                            "(learning_rate.by_width)",
+                            "set learning_rate.fixed: 2.0e-4 for one LR for every model, or edit by_width.anchors")
+    _positive_number(lr.get("reference_rank"), "learning_rate.reference_rank")
+    if lr.get("fixed") is not None:
+        _positive_number(lr["fixed"], "learning_rate.fixed")
+    width_rule_from(lr.get("by_width"))
     ok = isinstance(lr.get("rank_exponent"), (int, float)) and math.isfinite(lr["rank_exponent"])
     if not ok:
         raise LoradialError(f"rules: learning_rate.rank_exponent must be a number, got {lr.get('rank_exponent')!r}")
@@ -303,6 +450,11 @@ def validate_rules(rules: dict[str, Any]) -> None:
             raise LoradialError(f"rules: ladder.{verdict} is not a verdict", f"verdicts: {', '.join(VERDICTS)}")
         if not isinstance(steps, list) or not all(isinstance(s, dict) and "action" in s for s in steps):
             raise LoradialError(f"rules: ladder.{verdict} must be a list of steps with an 'action'")
+        for step in steps:
+            for key in ("when", "unless"):
+                if key in step and not isinstance(step[key], str):
+                    raise LoradialError(f"rules: ladder.{verdict} step {step['action']!r}: {key} must name an "
+                                        f"evidence flag (e.g. diverged), got {step[key]!r}")
 
 
 def cited(keys: list[str], rules: dict[str, Any] | None = None) -> list[str]:
@@ -361,12 +513,17 @@ def ladder_for(verdict: str, config: dict[str, Any], rules: dict[str, Any], evid
     """The ladder for ``verdict`` made concrete for ``config`` (r, lora_alpha, learning_rate, ...).
 
     Each step: action, why, config (the keys that change, when any), command (for steps that run
-    another loradial verb) and sources (citations).
+    another loradial verb) and sources (citations). A step with ``when: FLAG`` is kept only if
+    ``evidence[FLAG]`` is true (``unless: FLAG``: only if it is not) - diagnose sets ``diverged``.
     """
     evidence = evidence or {}
     out = []
     r = config.get("r")
     for step in rules["ladder"].get(verdict, []):
+        if step.get("when") and not evidence.get(step["when"]):
+            continue  # e.g. 'lower the LR 10x' only for a run that diverged
+        if step.get("unless") and evidence.get(step["unless"]):
+            continue
         if _is_noop(step.get("change") or {}, config):
             continue  # e.g. 'target all linear layers' when they already are
         if config.get("use_dora") and "lora_dropout" in (step.get("change") or {}):

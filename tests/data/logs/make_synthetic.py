@@ -267,6 +267,25 @@ def main() -> None:
     (OUT / "healthy_list.json").write_text(json.dumps(recs))
     add("synthetic/healthy_list.json", "healthy")
 
+    # 24 too few steps (issue 13 item 4): linear, -12% over the last quarter, but the per-step train loss is
+    # so noisy (8%) that its tail slope is only 1.65 standard errors below zero; the old rule (2 SE) said
+    # healthy. The seed is one where the noise hides the fall, picked for that. Plain JSONL, no eval.
+    rng = np.random.default_rng(2535)
+    t = np.arange(1, 201)
+    write_jsonl(OUT / "too_few_linear_noisy.jsonl", rows(t, noisy(np.linspace(3.0, 2.0, 200), 0.08, rng), lr=[3e-4] * 200))
+    add("synthetic/too_few_linear_noisy.jsonl", "too_few_steps")
+
+    # 25 too few steps with eval: the same kind of noisy linear train loss (10%), whose tail slope reads as
+    # nearly flat (-1.3%), while eval - averaged over many tokens - is at its minimum and fell 9% over the
+    # last quarter. HF trainer_state.json; the old rules said healthy.
+    rng = np.random.default_rng(2409)
+    t = np.arange(1, 161)
+    loss = np.linspace(3.2, 2.2, 160) * (1 + 0.10 * rng.standard_normal(160))
+    es = np.arange(20, 161, 20)
+    ev = np.interp(es, t, np.linspace(3.25, 2.3, 160)) * (1 + 0.003 * rng.standard_normal(len(es)))
+    write_hf(OUT / "too_few_eval_falling" / "trainer_state.json", t, loss, es, ev, lr=3e-4)
+    add("synthetic/too_few_eval_falling/trainer_state.json", "too_few_steps")
+
     path = HERE / "manifest.json"
     if path.exists():  # keep the entries of other generators (real/ logs)
         manifest = {**{k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("synthetic/")}, **manifest}
