@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 
@@ -113,4 +112,8 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Summarize a truncation validation run (validate.sh OUT) into tables.")
+    ap.add_argument("out", type=Path, help="the OUT directory validate.sh wrote")
+    main(ap.parse_args().out)

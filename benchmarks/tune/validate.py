@@ -4,7 +4,8 @@ For one task (train + eval files), it runs `loradial.tune` with a fixed step cou
 exhaustive reference: one sweep of every rank tune explored or refined × every learning rate it
 explored or refined × LoRA and rsLoRA, each trained to the same S steps on the same data (no halving).
 It prints one markdown row: tune's pick and eval loss, the grid's best and eval loss, the gap (%),
-and tune's adapter-steps as a fraction of the grid's.
+and tune's adapter-steps as a fraction of the grid's. With ``--metric exact_match`` both pick their
+winner by greedy exact match of the eval completions, and both winners' scores are printed.
 
     python benchmarks/tune/validate.py --task domain-shift --model src/loradial/assets/demo-model \
         --train src/loradial/assets/demo-data/train.jsonl --eval src/loradial/assets/demo-data/eval.jsonl \
@@ -33,13 +34,16 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=None, help="start rank (default: recommend's)")
     ap.add_argument("--lr", type=float, default=None, help="start learning rate (default: recommend's)")
     ap.add_argument("--targets", default="all-linear")
+    ap.add_argument("--metric", default="eval_loss", choices=["eval_loss", "exact_match"])
+    ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     import loradial
 
     out = Path(args.out)
-    common = dict(batch_size=args.batch_size, max_len=args.max_len)
+    common = dict(batch_size=args.batch_size, max_len=args.max_len, metric=args.metric,
+                  max_new_tokens=args.max_new_tokens)
     t0 = time.time()
     tuned = loradial.tune(args.model, args.train, eval_data=args.eval, out=out / "tune", steps=args.steps,
                           rank=args.rank, lr=args.lr, targets=args.targets, rank_check=False, **common)
@@ -59,7 +63,8 @@ def main() -> None:
            "tune_adapter_steps": tuned.adapter_steps_used, "grid_adapter_steps": grid_steps,
            "compute_fraction": tuned.adapter_steps_used / grid_steps, "grid_configs": len(grid.configs),
            "steps": args.steps, "base_eval_loss": tuned.base_eval_loss, "tune_wall_s": round(t_tune, 1),
-           "grid_wall_s": round(t_grid, 1)}
+           "grid_wall_s": round(t_grid, 1), "metric": args.metric,
+           "tune_exact_match": tuned.best_config.get("exact_match"), "grid_exact_match": best.get("exact_match")}
     (out / "row.json").write_text(json.dumps(row, indent=2))
     print(json.dumps(row, indent=2))
     print(f"| {args.task} | {row['tune_pick']} | {row['tune_eval_loss']:.4f} | {row['grid_best']} | "
