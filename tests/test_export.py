@@ -217,7 +217,6 @@ def test_cli_export_prints_document_and_warnings(tmp_path, cli):
 def test_export_sweep_writes_the_schedule_the_winner_trained_under(tmp_path, train):
     """Steps, schedule, warmup, clipping and weight decay are those the sweep's engine used, in each tool's keys."""
     from loradial.engine import AdapterConfig
-    from loradial.spec import LoraSpec
     from loradial.sweeps.setup import adapter_configs
 
     d = _sweep(tmp_path, settings={"train": train} if train else None)

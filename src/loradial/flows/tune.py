@@ -182,88 +182,107 @@ def tune(
     the exploration grid measures adapter-steps per second (model load and eval included, so it errs
     low), and the budget is that rate × the time left × ``TIME_SAFETY``. ``resume=True`` continues the
     tune in ``out`` (every other argument is ignored)."""
-    from loradial.sweeps.state import SweepDir, claim_new_dir
+    from loradial.sweeps.state import claim_new_dir
 
     t0 = _time.time()
     out = Path(out)
     say = _sayer(progress)
     if resume:
-        if not (out / PLAN_FILE).is_file():
-            raise LoradialError(f"{out} holds no tune", "pass the --out directory of an earlier `loradial tune`")
-        td = SweepDir(out)
-        td.lock(starting="tune")
-        try:
-            plan = read_json(out / PLAN_FILE, "tune plan")
-            say("resuming the search")
-            res = _search(out, plan, resume=True, devices=devices, progress=progress)
-            return _finish(out, plan, res, t0, resumed=True, rank_check=plan.get("rank_check", True), say=say)
-        finally:
-            td.unlock()
-    if model is None or data is None:
-        raise LoradialError("model and data are required", "pass --model DIR and --data FILE (or --resume DIR)")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise LoradialError(f"--budget must be a positive integer (adapter-steps), got {budget!r}", "e.g. --budget 2000")
-    if (out / PLAN_FILE).exists():
-        raise LoradialError(f"{out} already holds a tune", f"continue it with `loradial tune --resume {out}`, or choose a new --out")
+        return _resume(out, devices, progress, t0, say)
+    _check_inputs(out, model, data, budget, time)
+    sweep_kw = dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
+                    dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
+                    dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code,
+                    metric=metric, max_new_tokens=max_new_tokens)
     with claim_new_dir(out, "tune") as td:  # locked from here: a concurrent tune into `out` exits 2
-        start = _start(model, data, task, rank, lr, max_len)
-        ranks, lrs = explore_grid(start["r"], start["learning_rate"])
-        n_explore = len(ranks) * len(lrs) * 2
-        if time is not None and budget is not None:
-            raise LoradialError("give --time or --budget, not both", "--time SECONDS derives the budget by calibration")
-        if time is not None and not (isinstance(time, (int, float)) and math.isfinite(time) and time > 0):
-            raise LoradialError(f"--time must be a positive number of seconds, got {time!r}", "e.g. --time 3600")
-        if time is None:
-            n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
-        sweep_kw = dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
-                        dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
-                        dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code,
-                        metric=metric, max_new_tokens=max_new_tokens)
-        try:
-            train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
-            base_loss = _base_eval_loss(model, eval_file, max_len, 2 * batch_size, trust_remote_code)
-            calibration = None
-            if time is not None:
-                calibration = _calibrate(out, model, train_file, eval_file, ranks, lrs, targets, devices, sweep_kw)
-                budget = int(calibration["adapter_steps_per_s"] * (time - (_time.time() - t0)) * TIME_SAFETY)
-                calibration["budget"] = budget
-                say(f"calibration: {calibration['adapter_steps_per_s']:.2f} adapter-steps/s over "
-                    f"{calibration['seconds']:.0f} s -> a budget of {budget:,} adapter-steps for {time:g} s")
-                n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
-        except BaseException:
-            shutil.rmtree(out / "data", ignore_errors=True)
-            shutil.rmtree(out / "calibration", ignore_errors=True)
-            raise
-    policy = TunePolicy(base_eval_loss=base_loss)
-    bounds = boundaries(n_steps)
-    from loradial.sweeps.tuning import planned_adapter_steps
-
-    planned = planned_adapter_steps(n_explore, bounds, policy)
-    plan = {"model": str(model), "train": train_file, "eval": eval_file, "start": start, "ranks": ranks, "lrs": lrs,
-            "variants": ["lora", "rslora"], "targets": targets, "steps": n_steps, "boundaries": bounds,
-            "budget": budget if budget is not None else planned, "planned_adapter_steps": planned,
-            "policy": policy.model_dump(), "rank_check": rank_check, "max_len": max_len,
-            "eval_batch_size": 2 * batch_size, "trust_remote_code": trust_remote_code, "sweep": sweep_kw,
-            "time": time, "calibration": calibration}
-    try:
+        plan = _plan(out, str(model), data, eval_data, eval_fraction, task, targets, rank, lr, budget, steps, time,
+                     rank_check, devices, sweep_kw, t0, say)
         atomic_write_json(out / PLAN_FILE, plan)
-        say(f"start: r={start['r']}, lr={start['learning_rate']:g} ({start['source']}); explore {n_explore} configs "
-            f"(ranks {ranks} x lr {lrs} x lora/rslora) to step {bounds[0]}, refine to {bounds[1]}, "
-            f"continue the best {policy.finalists} to {n_steps}: at most {planned:,} adapter-steps")
+    try:
         res = _search(out, plan, resume=False, devices=devices, progress=progress)
         return _finish(out, plan, res, t0, resumed=False, rank_check=rank_check, say=say)
     except BaseException:
         if not (out / "search" / "sweep.yaml").exists():  # the search never started: leave nothing behind
-            (out / PLAN_FILE).unlink(missing_ok=True)
-            shutil.rmtree(out / "data", ignore_errors=True)
-            shutil.rmtree(out / "search", ignore_errors=True)
-            (out / ".lock").unlink(missing_ok=True)
+            for name in (PLAN_FILE, ".lock"):
+                (out / name).unlink(missing_ok=True)
+            for name in ("data", "search"):
+                shutil.rmtree(out / name, ignore_errors=True)
             td.unlock()
             if out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
         raise
     finally:
         td.unlock()
+
+
+def _check_inputs(out: Path, model, data, budget, time) -> None:
+    if model is None or data is None:
+        raise LoradialError("model and data are required", "pass --model DIR and --data FILE (or --resume DIR)")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise LoradialError(f"--budget must be a positive integer (adapter-steps), got {budget!r}", "e.g. --budget 2000")
+    if time is not None and budget is not None:
+        raise LoradialError("give --time or --budget, not both", "--time SECONDS derives the budget by calibration")
+    if time is not None and not (isinstance(time, (int, float)) and math.isfinite(time) and time > 0):
+        raise LoradialError(f"--time must be a positive number of seconds, got {time!r}", "e.g. --time 3600")
+    if (out / PLAN_FILE).exists():
+        raise LoradialError(f"{out} already holds a tune", f"continue it with `loradial tune --resume {out}`, or choose a new --out")
+
+
+def _resume(out: Path, devices, progress: bool, t0: float, say) -> TuneResult:
+    from loradial.sweeps.state import SweepDir
+
+    if not (out / PLAN_FILE).is_file():
+        raise LoradialError(f"{out} holds no tune", "pass the --out directory of an earlier `loradial tune`")
+    td = SweepDir(out)
+    td.lock(starting="tune")
+    try:
+        plan = read_json(out / PLAN_FILE, "tune plan")
+        say("resuming the search")
+        res = _search(out, plan, resume=True, devices=devices, progress=progress)
+        return _finish(out, plan, res, t0, resumed=True, rank_check=plan.get("rank_check", True), say=say)
+    finally:
+        td.unlock()
+
+
+def _plan(out: Path, model: str, data: str, eval_data, eval_fraction: float, task: str, targets: str, rank, lr,
+          budget, steps, time, rank_check: bool, devices, sweep_kw: dict[str, Any], t0: float, say) -> dict[str, Any]:
+    """Everything the search needs, decided before it starts: the start, the grid, the data split, the base
+    model's eval loss, the step count (from the budget, or from the time by calibration). Files it made
+    are removed again if it fails."""
+    from loradial.sweeps.tuning import planned_adapter_steps
+
+    start = _start(model, data, task, rank, lr, sweep_kw["max_len"])
+    ranks, lrs = explore_grid(start["r"], start["learning_rate"])
+    n_explore = len(ranks) * len(lrs) * 2
+    n_steps = plan_steps(n_explore, budget, steps, TunePolicy()) if time is None else None
+    calibration = None
+    try:
+        train_file, eval_file = _split(data, eval_data, eval_fraction, sweep_kw["seed"], out)
+        base_loss = _base_eval_loss(model, eval_file, sweep_kw["max_len"], 2 * sweep_kw["batch_size"],
+                                    sweep_kw["trust_remote_code"])
+        if time is not None:
+            calibration = _calibrate(out, model, train_file, eval_file, ranks, lrs, targets, devices, sweep_kw)
+            budget = int(calibration["adapter_steps_per_s"] * (time - (_time.time() - t0)) * TIME_SAFETY)
+            calibration["budget"] = budget
+            say(f"calibration: {calibration['adapter_steps_per_s']:.2f} adapter-steps/s over "
+                f"{calibration['seconds']:.0f} s -> a budget of {budget:,} adapter-steps for {time:g} s")
+            n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
+    except BaseException:
+        shutil.rmtree(out / "data", ignore_errors=True)
+        shutil.rmtree(out / "calibration", ignore_errors=True)
+        raise
+    policy = TunePolicy(base_eval_loss=base_loss)
+    bounds = boundaries(n_steps)
+    planned = planned_adapter_steps(n_explore, bounds, policy)
+    say(f"start: r={start['r']}, lr={start['learning_rate']:g} ({start['source']}); explore {n_explore} configs "
+        f"(ranks {ranks} x lr {lrs} x lora/rslora) to step {bounds[0]}, refine to {bounds[1]}, "
+        f"continue the best {policy.finalists} to {n_steps}: at most {planned:,} adapter-steps")
+    return {"model": model, "train": train_file, "eval": eval_file, "start": start, "ranks": ranks, "lrs": lrs,
+            "variants": ["lora", "rslora"], "targets": targets, "steps": n_steps, "boundaries": bounds,
+            "budget": budget if budget is not None else planned, "planned_adapter_steps": planned,
+            "policy": policy.model_dump(), "rank_check": rank_check, "max_len": sweep_kw["max_len"],
+            "eval_batch_size": 2 * sweep_kw["batch_size"], "trust_remote_code": sweep_kw["trust_remote_code"],
+            "sweep": sweep_kw, "time": time, "calibration": calibration}
 
 
 def _search(out: Path, plan: dict[str, Any], *, resume: bool, devices, progress: bool):

@@ -19,9 +19,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from loradial.errors import LoradialError
 from loradial.sweeps.results import SweepResult
 from loradial.settings import DEFAULT, MAX_NEW_TOKENS, SweepSettings, TrainSettings, TunePolicy
 from loradial.sweeps.state import SweepDir, claim_new_dir, create_sweep_dir, open_sweep_dir

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from loradial.advice.rules import R_REF, lr_for_rank
+from loradial.advice.rules import lr_for_rank
 from loradial.errors import LoradialError
 
 VARIANTS = ("lora", "rslora", "dora")
