@@ -127,7 +127,27 @@ def _checked(records: list[dict], path: Path, where: Sequence[str]) -> list[dict
         raise LoradialError(f"{path.name} holds no records", "the data file is empty")
     for rec, loc in zip(records, where):
         record_format(rec, f"{path.name} {loc}")
+    check_not_all_empty(records, path.name)
     return records
+
+
+def _content(rec: dict) -> str:
+    """The text a record trains on: its text, its completion, or its assistant messages."""
+    fmt = record_format(rec)
+    if fmt == "text":
+        return rec["text"]
+    if fmt == "prompt_completion":
+        c = rec["completion"]
+        return c if isinstance(c, str) else " ".join(str(m.get("content") or "") for m in c)
+    return " ".join(str(m.get("content") or "") for m in rec["messages"] if m.get("role") == "assistant")
+
+
+def check_not_all_empty(records: Sequence[dict], what: str = "the data") -> None:
+    """Refuse data whose every record has nothing to learn (empty or blank text / completion / answers):
+    training on it would fit BOS/EOS tokens alone."""
+    if records and not any(_content(r).strip() for r in records):
+        raise LoradialError(f"{what}: all {len(records):,} records have empty text (nothing to train or evaluate on)",
+                            "check the file's field names and content ('text', 'prompt'+'completion' or 'messages')")
 
 
 # --- formats -----------------------------------------------------------------------------------
@@ -265,9 +285,11 @@ def tokenize_records(records: Iterable[dict], tokenizer, max_len: int, packing: 
     """
     if not isinstance(max_len, int) or max_len < 2:
         raise LoradialError(f"max_len must be an integer >= 2, got {max_len!r}", "use e.g. --max-len 1024")
+    records = list(records)
     examples = [tokenize_record(rec, tokenizer, f"record {i}") for i, rec in enumerate(records)]
     if not examples:
         raise LoradialError("no records to tokenize", "the data is empty")
+    check_not_all_empty(records)
     if packing:
         ids = [t for ex in examples for t in ex["input_ids"]]
         labels = [t for ex in examples for t in ex["labels"]]

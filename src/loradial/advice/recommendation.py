@@ -144,6 +144,9 @@ def recommend(
     if lr_rank_exponent is not None and not (isinstance(lr_rank_exponent, (int, float)) and math.isfinite(lr_rank_exponent)):
         raise LoradialError(f"--lr-rank-exponent must be a number, got {lr_rank_exponent!r}", "e.g. 0 or 0.5")
     rules = _rules.load_rules(rules_file, **overrides)
+    from loradial.io import check_out_not_overlapping
+
+    check_out_not_overlapping(export_out, [("rules file", rules_file), ("model", model)], out_is_file=True)
     _check_inputs(task, examples, tokens, gpu_memory, seq_len, rules)
     if export is not None:
         from loradial.advice.export import FORMATS

@@ -6,6 +6,7 @@ Human output and progress go to stderr; stdout carries only the ``--json`` docum
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -30,21 +31,62 @@ def fail(err: LoradialError) -> None:
     raise typer.Exit(err.exit_code)
 
 
-def run(call: Callable[[], Any], as_json: bool, render: Callable[[Any], None] | None = None) -> Any:
-    """Run an API call; print its ``to_dict()`` as JSON or hand it to ``render``; map errors to exits."""
+def run(call: Callable[[], Any], as_json: bool, render: Callable[[Any], None] | None = None,
+        interrupted_hint: str | None = None) -> Any:
+    """Run an API call; print its ``to_dict()`` as JSON or hand it to ``render``; map errors to exits.
+
+    The one error boundary of the CLI: whatever fails, the user sees one line and a hint, never a
+    traceback (``LORADIAL_DEBUG=1`` re-raises unexpected errors). See ``boundary_error``."""
     try:
         result = call()
+        if as_json:
+            sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+            sys.stdout.flush()
+        elif render is not None:
+            render(result)
     except LoradialError as err:
         fail(err)
     except KeyboardInterrupt:
-        console.print("interrupted")
-        raise typer.Exit(130)
-    if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
-        sys.stdout.flush()
-    elif render is not None:
-        render(result)
+        fail(LoradialError("interrupted", interrupted_hint or "nothing half-written was published; run the command again",
+                           exit_code=130))
+    except Exception as e:  # noqa: BLE001 - the boundary: one line and a hint, never a traceback
+        if os.environ.get("LORADIAL_DEBUG"):
+            raise
+        fail(boundary_error(e))
     return result
+
+
+_OOM = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
+
+
+def boundary_error(e: BaseException) -> LoradialError:
+    """An exception no verb turned into a LoradialError, as one: OSError by errno (exit 2 for a bad
+    path, 1 for a full, read-only or forbidden disk); a corrupt safetensors, JSON or YAML input
+    (exit 2); out of memory (exit 1, with what to lower); anything else an internal error (exit 1)."""
+    from loradial.io import os_error, wrapped_os_error
+
+    if isinstance(e, OSError):
+        return os_error(e)
+    inner = wrapped_os_error(e)
+    if type(e).__name__ == "SafetensorError":
+        if isinstance(inner, OSError):
+            return os_error(inner)
+        return LoradialError(f"a safetensors file is truncated or corrupt ({str(e).splitlines()[0][:160]})",
+                             "copy or save the model/adapter again (its .safetensors file is damaged)")
+    if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+        return LoradialError(f"an input file is not valid {'JSON' if isinstance(e, json.JSONDecodeError) else 'UTF-8'}: "
+                             f"{str(e)[:160]}", "fix or regenerate the file")
+    if type(e).__module__.startswith("yaml") and type(e).__name__.endswith("Error"):
+        return LoradialError(f"an input file is not valid YAML: {str(e).splitlines()[0][:160]}", "fix the YAML file")
+    text = str(e).lower()
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or any(s in text for s in _OOM):
+        return LoradialError(f"out of memory ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})",
+                             "lower --batch-size, --max-len or the rank (or add --gradient-checkpointing; a sweep: "
+                             "--pack-size or --gpu-memory)", exit_code=1)
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return LoradialError(f"internal error: {type(e).__name__}" + (f": {first}" if first else ""),
+                         "this is a bug in loradial: please report it with the command line "
+                         "(LORADIAL_DEBUG=1 prints the traceback)", exit_code=1)
 
 
 def split_list(text: str | None, cast: Callable[[str], Any] = str, what: str = "value") -> list[Any]:
