@@ -167,6 +167,17 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def temp_sibling_dir(path: str | os.PathLike) -> Path:
+    """A new empty directory beside ``path`` to build it in (rename it into place when complete). Its name
+    carries this process's id, so the next writer of ``path`` removes it should this process die first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_once(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, dir_mode())  # mkdtemp creates 0700
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
@@ -177,10 +188,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     path = check_output_dir(path, overwrite)
     if path.exists() and _inside(Path.cwd().resolve(), path.resolve()):
         raise LoradialError(f"refusing to replace {path}: it holds the current directory", "choose a new --out directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_once(path.parent, path.name)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, dir_mode())  # mkdtemp creates 0700
+    tmp = temp_sibling_dir(path)
     try:
         yield tmp
         _normalize_modes(tmp)
@@ -289,12 +297,19 @@ _ENV_HINTS = {
 _INPUT_ERRNOS = (errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
 
 
+def _public(filename: Any) -> str:
+    """A temporary sibling's path as the output it stood for ('.../.out.123-ab12cd34.x.tmp' -> '.../out')."""
+    p = Path(os.fsdecode(filename))
+    m = _TEMP.match(p.name)
+    return str(p.with_name(m["name"])) if m else str(p)
+
+
 def os_error(e: OSError) -> LoradialError:
     """An OSError as a one-line LoradialError: a missing or mistyped path is bad input (exit 2),
     a full, read-only or forbidden disk is the environment (exit 1)."""
-    where = f" {e.filename}" if e.filename else ""
+    where = f" {_public(e.filename)}" if e.filename else ""
     if e.filename2:
-        where += f" -> {e.filename2}"
+        where += f" -> {_public(e.filename2)}"
     text = e.strerror or str(e) or type(e).__name__
     if e.errno in _INPUT_ERRNOS:
         return LoradialError(f"{text}:{where}" if where else text, "check the path")
@@ -302,14 +317,14 @@ def os_error(e: OSError) -> LoradialError:
                            _ENV_HINTS.get(e.errno, "check the disk and the path, then run again"))
 
 
-_RUST_OS = re.compile(r"Os \{ code: (\d+)")
+_RUST_OS = re.compile(r"Os \{ code: (\d+)|\(os error (\d+)\)")
 
 
 def wrapped_os_error(e: BaseException) -> OSError | None:
     """The OSError inside a library error that wraps one (safetensors' 'IoError(Os { code: 28, ...})')."""
     m = _RUST_OS.search(str(e))
     if m:
-        code = int(m.group(1))
+        code = int(m.group(1) or m.group(2))
         return OSError(code, os.strerror(code))
     cause = e.__cause__ or e.__context__
     return cause if isinstance(cause, OSError) else None

@@ -56,7 +56,7 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
     if resume is not None:
         return train_many(model, data, None, out=resume, resume=True, tokenizer=tokenizer, progress=progress,
                           trust_remote_code=trust_remote_code, **engine_kw)
-    if out is None:
+    if out is None or str(out) == "":
         raise LoradialError("no output directory", "pass --out DIR")
     if model is None or data is None:
         raise LoradialError("model and data are required", "pass --model and --data")
