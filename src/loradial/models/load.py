@@ -98,6 +98,13 @@ def load_model(model: str | Path, *, dtype: str = "auto", load_in_4bit: bool = F
     tok = load_tokenizer(source, trust_remote_code) if tokenizer else None
     if not load_in_4bit:
         m.to(dev)
+    elif dev.type == "cpu" and not frozen:
+        # bitsandbytes (0.48-0.50) repacks a CPU Linear4bit's weight for its AVX512-BF16 kernel at the first
+        # forward under no_grad (an eval) and from then on computes it with a kernel autograd cannot see:
+        # training after an eval silently loses the input gradient through every quantized layer
+        for mod in m.modules():
+            if hasattr(mod, "support_avx512bf16_for_cpu"):
+                mod.support_avx512bf16_for_cpu = False
     if frozen:
         m.eval()
         for p in m.parameters():
