@@ -111,12 +111,30 @@ def _start(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE)
 
 
+def _resume_or_start(out: Path, model: Path, data: Path) -> list[str]:
+    return ["sweep", "--resume", str(out)] if (out / "sweep.yaml").exists() else cli_args(model, data, out)
+
+
+def _same_as(out: Path, ref: Path, note: str) -> None:
+    res, want = json.loads((out / "results.json").read_text()), json.loads((ref / "results.json").read_text())
+    assert res["best"] == want["best"], note
+    for a, b in zip(res["configs"], want["configs"]):
+        assert a["name"] == b["name"]
+        for key in NUMBERS:
+            assert a[key] == b[key], (note, a["name"], key, a[key], b[key])
+        wa = load_file(str(out / "adapters" / a["name"] / "adapter_model.safetensors"))
+        wb = load_file(str(ref / "adapters" / a["name"] / "adapter_model.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), (note, a["name"])
+    assert metrics_rows(out) == metrics_rows(ref), note
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_from_the_parent_then_resume_matches(tmp_path):
-    """Not at hook points: the parent sends SIGKILL at random wall-clock moments of a sweep, and of each
-    --resume that follows (LORADIAL_RANDOM_KILLS of them, 3 by default; LORADIAL_KILL_SEED picks them).
-    The run that finally completes gives the uninterrupted run's numbers, metrics and adapters bit for bit,
-    and no temporary file of a killed process is left in the sweep directory."""
+    """Not at hook points: the parent sends SIGKILL at random wall-clock moments of a sweep and of each
+    --resume that follows, until the sweep completes; then again on a fresh directory, until
+    LORADIAL_RANDOM_KILLS kills (3 by default; LORADIAL_KILL_SEED picks the moments) have landed. Every
+    completed sweep gives the uninterrupted run's numbers, metrics and adapters bit for bit, and no
+    temporary file of a killed process is left behind."""
     from loradial.io import _TEMP
 
     n_kills = int(os.environ.get("LORADIAL_RANDOM_KILLS", "3"))
@@ -128,33 +146,24 @@ def test_kill_9_at_random_moments_from_the_parent_then_resume_matches(tmp_path):
     ref = _start(cli_args(model, data, tmp_path / "ref"))
     assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-2000:]
     duration = time.monotonic() - t0
-    out, moments = tmp_path / "killed", []
-    for _ in range(n_kills):
-        args = ["sweep", "--resume", str(out)] if (out / "sweep.yaml").exists() else cli_args(model, data, out)
-        proc = _start(args)
-        at = rng.uniform(0.3, 1.0) * duration
-        try:
-            proc.wait(timeout=at)
-            moments.append((round(at, 2), "finished first"))
-        except subprocess.TimeoutExpired:
-            proc.kill()  # SIGKILL
-            proc.wait()
-            moments.append((round(at, 2), "killed"))
-        if (out / "sweep.yaml").exists() and not (out / "results.json").exists():
-            check_consistent(out)
-    last = _start(["sweep", "--resume", str(out)] if (out / "sweep.yaml").exists() else cli_args(model, data, out))
-    assert last.wait(timeout=600) == 0, (seed, moments, last.stderr.read().decode()[-2000:])
-    note = f"seed {seed}, kills {moments} in a {duration:.1f} s run"
-
-    res, want = json.loads((out / "results.json").read_text()), json.loads((tmp_path / "ref" / "results.json").read_text())
-    assert res["best"] == want["best"], note
-    for a, b in zip(res["configs"], want["configs"]):
-        assert a["name"] == b["name"]
-        for key in NUMBERS:
-            assert a[key] == b[key], (note, a["name"], key, a[key], b[key])
-        wa = load_file(str(out / "adapters" / a["name"] / "adapter_model.safetensors"))
-        wb = load_file(str(tmp_path / "ref" / "adapters" / a["name"] / "adapter_model.safetensors"))
-        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), (note, a["name"])
-    assert metrics_rows(out) == metrics_rows(tmp_path / "ref"), note
-    left = [p for p in [*out.rglob("*"), *tmp_path.iterdir()] if _TEMP.match(p.name)]
-    assert not left, (note, left)
+    kills, cycle = 0, 0
+    while kills < n_kills:
+        out, moments = tmp_path / f"killed{cycle}", []
+        while not (out / "results.json").exists():
+            proc = _start(_resume_or_start(out, model, data))
+            at = rng.uniform(0.3, 1.0) * duration if len(moments) < 8 else 600  # then let it finish
+            try:
+                assert proc.wait(timeout=at) == 0, proc.stderr.read().decode()[-2000:]
+                moments.append((round(at, 2), "finished first"))
+            except subprocess.TimeoutExpired:
+                proc.kill()  # SIGKILL
+                proc.wait()
+                moments.append((round(at, 2), "killed"))
+                kills += 1
+            if (out / "sweep.yaml").exists() and not (out / "results.json").exists():
+                check_consistent(out)
+        note = f"seed {seed}, cycle {cycle}: {moments} in a {duration:.1f} s run"
+        _same_as(out, tmp_path / "ref", note)
+        left = [p for p in [*out.rglob("*"), *tmp_path.iterdir()] if _TEMP.match(p.name)]
+        assert not left, (note, left)
+        cycle += 1
