@@ -467,3 +467,24 @@ def test_every_output_file_has_the_same_mode(w, cli, tmp_path):
     assert set(modes.values()) == {"0o644"}, modes
     dirs = {oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*") if p.is_dir()}
     assert dirs == {"0o755"}, dirs
+
+
+def test_messages_and_hints_print_verbatim_and_bad_input_always_has_a_hint(cli, monkeypatch):
+    """Brackets in a message or hint are text, not console markup ('loradial[qlora]' once printed as
+    'loradial'); an exit-2 error raised without a hint gets the verb's --help."""
+    import loradial.adapters.surgery as surgery
+    from loradial.errors import LoradialError
+
+    def refuse(*a, **k):
+        raise LoradialError("configs[2].r is [bold]wrong[/]", "pip install 'loradial[qlora]'")
+
+    monkeypatch.setattr(surgery, "resize", refuse)
+    code, _, err = cli("resize", "a", "--rank", "2", "--out", "b")
+    assert code == 2 and "configs[2].r is [bold]wrong[/]" in err and "'loradial[qlora]'" in err
+
+    def bare(*a, **k):
+        raise LoradialError("no hint given")
+
+    monkeypatch.setattr(surgery, "resize", bare)
+    code, _, err = cli("resize", "a", "--rank", "2", "--out", "b")
+    assert code == 2 and "hint: see `loradial resize --help`" in err

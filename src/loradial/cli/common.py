@@ -11,6 +11,8 @@ import sys
 from typing import Any, Callable
 
 import typer
+from rich.markup import escape
+
 from loradial.console import console
 from loradial.errors import LoradialError
 
@@ -23,11 +25,15 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-def fail(err: LoradialError) -> None:
-    """Print one line (plus the hint) on stderr and exit with the error's code."""
-    console.print(f"[bold red]error:[/] {err.message}", markup=True, soft_wrap=True, highlight=False)
-    if err.hint:
-        console.print(f"[yellow]hint:[/] {err.hint}", soft_wrap=True, highlight=False)
+def fail(err: LoradialError, verb: str | None = None) -> None:
+    """Print one line (plus the hint) on stderr and exit with the error's code. Bad input always gets a
+    hint: where the error brought none, the verb's --help."""
+    console.print(f"[bold red]error:[/] {escape(err.message)}", markup=True, soft_wrap=True, highlight=False)
+    hint = err.hint
+    if not hint and err.exit_code == 2:
+        hint = f"see `loradial {verb} --help`" if verb else "see `loradial --help`"
+    if hint:
+        console.print(f"[yellow]hint:[/] {escape(hint)}", soft_wrap=True, highlight=False)
     raise typer.Exit(err.exit_code)
 
 
@@ -37,6 +43,8 @@ def run(call: Callable[[], Any], as_json: bool, render: Callable[[Any], None] | 
 
     The one error boundary of the CLI: whatever fails, the user sees one line and a hint, never a
     traceback (``LORADIAL_DEBUG=1`` re-raises unexpected errors). See ``boundary_error``."""
+    caller = sys._getframe(1).f_globals.get("__name__", "")  # loradial.cli.cmd_<verb>
+    verb = caller.rpartition(".cmd_")[2].replace("_", "-") if ".cmd_" in caller else None
     try:
         result = call()
         if as_json:
@@ -45,14 +53,14 @@ def run(call: Callable[[], Any], as_json: bool, render: Callable[[Any], None] | 
         elif render is not None:
             render(result)
     except LoradialError as err:
-        fail(err)
+        fail(err, verb)
     except KeyboardInterrupt:
         fail(LoradialError("interrupted", interrupted_hint or "nothing half-written was published; run the command again",
-                           exit_code=130))
+                           exit_code=130), verb)
     except Exception as e:  # noqa: BLE001 - the boundary: one line and a hint, never a traceback
         if os.environ.get("LORADIAL_DEBUG"):
             raise
-        fail(boundary_error(e))
+        fail(boundary_error(e), verb)
     return result
 
 
