@@ -40,6 +40,7 @@ _API = {
     "save_adapter": "loradial.adapters.format",
     "report": "loradial.reports.api",
     "demo": "loradial.flows.demo",
+    "tune": "loradial.flows.tune",
 }
 
 __all__ = ["LoradialError", "__version__", *_API]

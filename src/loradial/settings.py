@@ -132,6 +132,24 @@ class ConfigCostEntry(_Settings):
     marginal: int
 
 
+class TunePolicy(_Settings):
+    """How ``tune`` decides at the end of each rung (sweep.yaml's ``tune`` block; absent for a plain sweep).
+
+    Rung 1 (exploration): configs whose curve diagnose calls unstable or diverged stop; the best
+    ``keep_fraction`` of the rest go on; refinements around the best join (learning rate half-way,
+    geometrically, to each explored neighbour; rank one doubling either side), trained from step 0 to
+    the rung's end. Later rungs: the best ``finalists`` go on. Ties: fewer parameters, then name."""
+
+    keep_fraction: float = Field(1 / 3, gt=0, le=1)
+    """Share of the exploration grid kept after the first rung (at least ``finalists``)."""
+    finalists: int = Field(2, ge=1)
+    """Configs continued from their checkpoints to the full step budget."""
+    refine: bool = True
+    """Add the refinement configs after the first rung."""
+    max_refine: int = Field(4, ge=0)
+    """At most this many refinement configs (the budget plan counts them)."""
+
+
 class SweepSettings(_Settings):
     """A sweep, resolved: what sweep.yaml holds and ``--resume`` reads back."""
 
@@ -151,6 +169,8 @@ class SweepSettings(_Settings):
     halving_fractions: Optional[list[float]] = None
     halving_boundaries: list[int] = Field(min_length=1)
     """Steps at which rungs end (the last one is ``steps``)."""
+    tune: Optional[TunePolicy] = None
+    """The tune policy at rung ends instead of plain halving (``loradial tune`` writes it)."""
     checkpoint_every: Optional[int] = Field(None, gt=0)
     pack_size: Optional[int] = Field(None, gt=0)
     gpu_memory: Optional[float] = Field(None, gt=0)

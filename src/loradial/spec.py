@@ -84,6 +84,11 @@ class LoraSpec:
     lora_bias: bool = False
     """A trainable bias of d_out on lora_B."""
     modules_to_save: list[str] | None = None
+    """Modules trained and saved in full (PEFT ModulesToSaveWrapper): a module name ending with an entry."""
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = None
+    """Token rows of the input embedding (a list) or of named embedding / head modules (a dict) trained alone."""
+    target_parameters: list[str] | None = None
+    """Parameters adapted by PEFT's ParamWrapper (e.g. fused MoE experts): 'module.param' equal to or ending in '.' + entry."""
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -178,7 +183,8 @@ class LoraSpec:
         for name in ("rank_pattern", "alpha_pattern"):
             if getattr(self, name):
                 kw[name] = dict(getattr(self, name))
-        for name in ("exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save"):
+        for name in ("exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+                     "trainable_token_indices", "target_parameters"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         if self.lora_bias:

@@ -28,9 +28,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from loradial.adapters import features
 from loradial.adapters.format import Adapter, LoraModule, exact_pattern_key, load_adapter
 from loradial.errors import LoradialError
-from loradial.adapters.evaluate import check_scales, open_eval_session
+from loradial.adapters.evaluate import check_scales, open_eval_session, saved_note
 from loradial.models.info import type_key
 from loradial.result import Result
 from loradial.settings import EVAL
@@ -165,6 +166,23 @@ def sigma_max(W: Any, iters: int = 200, tol: float = 1e-7) -> float:
             return new
         sigma = new
     return sigma
+
+
+def replicated_source(name: str, layer_replication: list | None) -> str:
+    """The base module a module of a PEFT ``layer_replication`` model repeats: the layers of the replicated model are
+    the base layers ``range(start, end)`` of each [start, end) in order (peft ``replicate_layers``), so layer j of it
+    is base layer ``sources[j]``. Other names are returned unchanged."""
+    if not layer_replication:
+        return name
+    sources = [i for start, end in layer_replication for i in range(int(start), int(end))]
+    parts = name.split(".")
+    for i, part in enumerate(parts[1:], 1):  # the first numbered segment after a named one (PEFT's layer index)
+        if part.isdigit():
+            j = int(part)
+            if j < len(sources):
+                parts[i] = str(sources[j])
+            break
+    return ".".join(parts)
 
 
 # --- analysis ----------------------------------------------------------------------------------
@@ -339,7 +357,12 @@ def analyze(
         tr.check_retain(retain)
         if scales:
             scales = check_scales(scales)
-    ad = adapter if isinstance(adapter, Adapter) else load_adapter(adapter, allow_pickle=allow_pickle)
+    verb = features.DATA if data is not None else features.ANALYZE
+    if isinstance(adapter, Adapter):
+        features.check(adapter.config, verb)
+        ad = adapter
+    else:
+        ad = load_adapter(adapter, allow_pickle=allow_pickle, verb=verb)
     if data is not None:
         tr.check_ranks(ranks, max(m.r for m in ad.modules.values()))
     weights = BaseWeights(base) if base is not None else None
@@ -351,7 +374,7 @@ def analyze(
         rep = ModuleReport(name=m.name, type=type_key(m.name), layer=layer_index(m.name), kind=m.kind, d_in=m.d_in,
                            d_out=m.d_out, alpha=m.alpha, scale=m.scale, **dataclasses.asdict(met))
         if weights is not None:
-            key = weights.key_for(m.name)
+            key = weights.key_for(replicated_source(m.name, ad.config.get("layer_replication")))
             if key is None:
                 missing.append(m.name)
             else:
@@ -373,6 +396,8 @@ def analyze(
         notes.append("σ_max(W) is exact up to 4M entries and by power iteration (float32) above")
     if ad.use_dora:
         notes.append("DoRA: the spectrum is that of the directional update s·B·A; the magnitude vector is not included")
+    if ad.saved:
+        notes.append(f"the adapter also saves {ad.saved.describe()}: not LoRA factors, so not part of the spectra")
     recommendation = recommend_ranks(reports, energy, coverage, budget, ad.config)
     if recommendation["already_at_rank"]:
         notes.append(already_at_rank_note(reports, energy, coverage))
@@ -380,7 +405,7 @@ def analyze(
     if data is not None:
         session = open_eval_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
         out = tr.truncation_curve(ad, session, ranks, retain, scales, progress)
-        notes.extend(out.notes)
+        notes.extend(out.notes + saved_note(ad))
         extra = dict(
             truncation_curve=out.curve, recommended_rank_data=out.recommended_rank_data,
             recommended_rank_spectrum=recommendation["rank"], scale_curve=out.scale_curve,

@@ -14,6 +14,11 @@ renormalization m/‖W‖ remains; ``enabled = False`` gives the base model). ``
 module truncated to rank k, ``spectrum.best_rank_k``) without reloading anything, so a scale sweep
 (``alpha_sweep``) and a truncation curve share one load and one code path.
 
+Tensors the adapter saves besides its factors (``format.saved_tensors``: ``modules_to_save`` copies,
+trained biases, trained token rows) replace the base's for as long as the hooks are on (``apply_saved``),
+at every multiplier and also with ``enabled = False`` — PEFT's ``rescale_adapter_scale`` leaves them
+too, so c = 0 (and truncation rank 0) is "the adapter without its LoRA factors".
+
 ``eval_loss`` runs the backbone once per batch and applies the output head to the label positions in
 chunks, so full fp32 logits for all tokens never exist at once.
 """
@@ -25,6 +30,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from loradial.adapters import features
 from loradial.adapters.format import Adapter, LoraModule, load_adapter
 from loradial.errors import LoradialError
 from loradial.models.load import check_model_dir, load_model, load_tokenizer
@@ -69,6 +75,104 @@ def linear_weight(mod, kind: str):
     return mod.weight if kind == "linear" else mod.weight.T
 
 
+# --- saved tensors ---------------------------------------------------------------------------
+def _module_name(model, module) -> str | None:
+    return next((n for n, m in model.named_modules(remove_duplicate=False) if m is module), None)
+
+
+def saved_weights(model, adapter: Adapter) -> dict[str, Any]:
+    """Base parameter / buffer name -> the value the adapter gives it (``format.saved_tensors``), checked.
+
+    Full copies (modules_to_save, trained biases, saved embeddings) replace the parameter; trained token
+    rows replace those rows (PEFT ``TrainableTokensLayer``: ``weight.index_copy(0, indices, values)``).
+    Tied input embedding and output head: PEFT ties a token adapter on the embedding to the head unless
+    the head has rows of its own, so rows of the embedding alone change both (one shared tensor);
+    anything else that touches one of them unties them, as PEFT's wrapper copies do.
+    """
+    import torch
+
+    saved = adapter.saved
+    if not saved:
+        return {}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    hint = "is --model the base model the adapter was trained on?"
+
+    def current(name: str):
+        t = params.get(name, buffers.get(name))
+        if t is None:
+            raise LoradialError(f"the adapter saves a tensor for {name}, which the base model does not have", hint)
+        return t
+
+    new: dict[str, Any] = {}
+    for name, t in saved.params.items():
+        cur = current(name)
+        if tuple(cur.shape) != tuple(t.shape):
+            raise LoradialError(f"the adapter's {name} is {tuple(t.shape)} but the base model's is {tuple(cur.shape)}",
+                                "resize the base model's embeddings to the adapter's vocabulary first" if t.dim() == 2 else hint)
+        new[name] = t
+    from_rows: set[str] = set()
+    for rows in saved.rows:
+        name = f"{rows.module}.weight"
+        cur = current(name)
+        if cur.dim() != 2 or cur.shape[1] != rows.values.shape[1] or max(rows.indices, default=0) >= cur.shape[0] \
+                or min(rows.indices, default=0) < 0:
+            raise LoradialError(f"the adapter's trained token rows of {rows.module} ({tuple(rows.values.shape)}, token ids "
+                                f"up to {max(rows.indices)}) do not fit its weight {tuple(cur.shape)}", hint)
+        W = new.get(name, cur).detach().to(cur.dtype).clone()
+        idx = torch.tensor(rows.indices, dtype=torch.long, device=W.device)
+        new[name] = W.index_copy(0, idx, rows.values.to(device=W.device, dtype=W.dtype))
+        from_rows.add(name)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if emb is not None and head is not None and getattr(emb, "weight", None) is getattr(head, "weight", 0):
+        e_name, h_name = f"{_module_name(model, emb)}.weight", f"{_module_name(model, head)}.weight"
+        if e_name in from_rows and e_name in new and h_name not in new and e_name not in saved.params:
+            new[h_name] = new[e_name]  # PEFT ties the head's token adapter to the embedding's
+    return new
+
+
+def apply_saved(model, adapter: Adapter):
+    """Put the adapter's saved tensors (``saved_weights``) into ``model``; returns a function that restores the base.
+
+    Each changed parameter becomes a new ``nn.Parameter`` (frozen, the base's dtype and device); a tensor shared
+    by two names stays shared. Returns ``(restore, names)``.
+    """
+    import torch.nn as nn
+
+    new = saved_weights(model, adapter)
+    undo: list[tuple[Any, str, bool, Any]] = []
+    made: dict[int, Any] = {}
+    for name, t in new.items():
+        mod_name, _, attr = name.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        is_param = attr in mod._parameters
+        old = mod._parameters[attr] if is_param else mod._buffers[attr]
+        if id(t) not in made:
+            value = t.detach().to(device=old.device, dtype=old.dtype).clone()
+            made[id(t)] = nn.Parameter(value, requires_grad=False) if is_param else value
+        undo.append((mod, attr, is_param, old))
+        if is_param:
+            mod._parameters[attr] = made[id(t)]
+        else:
+            mod._buffers[attr] = made[id(t)]
+
+    def restore() -> None:
+        for mod, attr, is_param, old in reversed(undo):
+            (mod._parameters if is_param else mod._buffers)[attr] = old
+        undo.clear()
+
+    return restore, sorted(new)
+
+
+def saved_note(adapter: Adapter) -> list[str]:
+    """The note the evaluating verbs add when the adapter saves more than LoRA factors."""
+    saved = adapter.saved
+    if not saved:
+        return []
+    return [f"the adapter also saves {saved.describe()}: they replace the base's at every scale and truncation rank "
+            "(0 included), as in PEFT, where rescale_adapter_scale leaves them too"]
+
+
 # --- hooks -----------------------------------------------------------------------------------
 class AdapterHooks:
     """Apply a LoRA adapter's factors to a frozen model through forward hooks (see module docstring)."""
@@ -80,8 +184,15 @@ class AdapterHooks:
         """False: hooks pass the base output through unchanged (the base model)."""
         self._handles: list[Any] = []
         self._state: dict[str, dict[str, Any]] = {}
+        self._restore = None
+        if isinstance(adapter, Adapter):  # saved copies first: DoRA's norms and the shape checks see them
+            self._restore, self.saved_names = apply_saved(model, adapter)
         modules = adapter.modules if isinstance(adapter, Adapter) else adapter
-        self.set_modules(modules)
+        try:
+            self.set_modules(modules)
+        except BaseException:
+            self.remove()
+            raise
         for name, st in self._state.items():
             self._handles.append(st["module"].register_forward_hook(self._hook(name)))
 
@@ -116,9 +227,13 @@ class AdapterHooks:
             st["dora_factor"] = (st["magnitude"].float() / torch.linalg.vector_norm(V, dim=1)).to(W.dtype)
 
     def remove(self) -> None:
+        """Remove the hooks and give the base its own tensors back."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
 
     def __enter__(self) -> "AdapterHooks":
         return self
@@ -331,9 +446,9 @@ def alpha_sweep(
     ``trust_remote_code``: let ``from_pretrained`` run the model directory's own code (off unless asked).
     """
     scales = check_scales(scales)
-    ad = load_adapter(adapter, allow_pickle=allow_pickle)
+    ad = load_adapter(adapter, allow_pickle=allow_pickle, verb=features.ALPHA)
     session = open_eval_session(model, data, max_len, batch_size, max_examples, device, trust_remote_code=trust_remote_code)
-    notes = [DORA_SCALE_NOTE] if ad.use_dora else []
+    notes = ([DORA_SCALE_NOTE] if ad.use_dora else []) + saved_note(ad)
     with AdapterHooks(session.model, ad) as hooks:
         losses, accs, n_tok = scale_curve(session, hooks, scales)
     best = min(range(len(scales)), key=lambda i: losses[i])

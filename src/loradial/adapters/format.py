@@ -18,8 +18,13 @@ where r and alpha come from ``rank_pattern`` / ``alpha_pattern`` (PEFT's ``get_p
 the (num_embeddings, embedding_dim) weight; for Conv1D (fan_in_fan_out) it adds (B·A)ᵀ·s to the
 (d_in, d_out) weight (``peft/tuners/lora/layer.py: get_delta_weight``).
 
-Everything else — ``modules_to_save`` copies, saved embedding layers, unknown tensors, unknown config
-keys, other files in the directory (README, tokenizer) — is carried through untouched.
+Every other tensor is one of (``saved_tensors``): a full copy of a base parameter (``modules_to_save``,
+trained base biases with ``bias='all'/'lora_only'``, saved embedding layers; PEFT strips
+``.modules_to_save.<adapter>`` and ``.base_layer`` from the names), the trained rows of an embedding
+(``M.token_adapter.trainable_tokens_delta``, ``trainable_token_indices``), or training-only state of a LoRA
+variant (VeLoRA, MonteCLoRA); the verbs that run the model apply the first two (``evaluate.apply_saved``)
+and everything is carried through resize / rescale untouched, like the other files of the directory
+(README, tokenizer). Which ``LoraConfig`` fields each verb supports is ``features.FEATURES``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from loradial.adapters import features
 from loradial.errors import LoradialError
 from loradial.io import atomic_dir, check_finite, check_out_not_overlapping, read_json
 from loradial.spec import LoraSpec, scaling
@@ -50,6 +56,9 @@ _SUFFIXES = {
     ".lora_magnitude_vector.weight": ("magnitude", None),
 }
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+TOKEN_DELTA_SUFFIX = ".token_adapter.trainable_tokens_delta"
+#: tensors of LoRA variants that only matter in training (their eval forward and merge are plain LoRA's)
+TRAINING_STATE_MARKERS = (".lora_velora_embed", ".lora_monteclora_sampler.")
 
 
 @dataclasses.dataclass
@@ -111,6 +120,90 @@ class Adapter:
     def n_params(self) -> int:
         return sum(m.n_params for m in self.modules.values())
 
+    @property
+    def saved(self) -> "SavedTensors":
+        """The non-LoRA tensors, classified (``saved_tensors``)."""
+        return saved_tensors(self)
+
+
+@dataclasses.dataclass
+class TokenRows:
+    """Trained rows of an embedding (PEFT ``trainable_token_indices``): ``weight[indices] = values``."""
+
+    module: str
+    indices: list[int]
+    values: Any
+
+
+@dataclasses.dataclass
+class SavedTensors:
+    """What an adapter file holds besides LoRA factors."""
+
+    params: dict[str, Any]
+    """Base parameter (or buffer) name -> its full saved value: modules_to_save copies, trained biases, saved embeddings."""
+    rows: list[TokenRows]
+    carried: list[str]
+    """Keys that do not change outputs (VeLoRA / MonteCLoRA training state): carried through, never applied."""
+
+    def __bool__(self) -> bool:
+        return bool(self.params or self.rows)
+
+    def describe(self) -> str:
+        """'lm_head.weight, 2 biases, 3 rows of model.embed_tokens' for notes."""
+        parts = []
+        biases = [n for n in self.params if n.endswith(".bias")]
+        others = [n for n in self.params if not n.endswith(".bias")]
+        if others:
+            parts.append(", ".join(others[:3]) + (f" (+{len(others) - 3} more)" if len(others) > 3 else ""))
+        if biases:
+            parts.append(f"{len(biases)} trained bias{'es' if len(biases) > 1 else ''}")
+        for r in self.rows:
+            parts.append(f"{len(r.indices)} trained token row{'s' if len(r.indices) > 1 else ''} of {r.module}")
+        return "; ".join(parts)
+
+
+def param_name(key: str) -> str:
+    """PEFT's saved key of a non-LoRA tensor -> the base model's parameter name."""
+    name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+    for marker in (".base_layer.", ".modules_to_save.default.", ".original_module."):
+        name = name.replace(marker, ".")
+    return name
+
+
+def _token_indices(config: dict[str, Any], module: str) -> list[int]:
+    spec = config.get("trainable_token_indices")
+    if isinstance(spec, list):
+        return [int(i) for i in spec]
+    if isinstance(spec, dict):  # PEFT _set_trainable: a module name ending with the key
+        keys = sorted((k for k in spec if module.endswith(k)), key=len, reverse=True)
+        if keys:
+            return [int(i) for i in spec[keys[0]]]
+    raise LoradialError(f"the adapter has trained token rows for {module} but trainable_token_indices does not name them",
+                        "the adapter config does not match its weights: save it again with PEFT")
+
+
+def saved_tensors(adapter: Adapter) -> SavedTensors:
+    """Classify ``adapter.extra_tensors`` (see the module docstring)."""
+    params: dict[str, Any] = {}
+    rows: list[TokenRows] = []
+    carried: list[str] = []
+    for key, t in adapter.extra_tensors.items():
+        if any(m in key for m in TRAINING_STATE_MARKERS):
+            carried.append(key)
+        elif key.endswith(TOKEN_DELTA_SUFFIX):
+            module = param_name(key[: -len(TOKEN_DELTA_SUFFIX)])
+            idx = _token_indices(adapter.config, module)
+            if t.dim() != 2 or t.shape[0] != len(idx):
+                raise LoradialError(f"{key} is {tuple(t.shape)} but trainable_token_indices names {len(idx)} tokens",
+                                    "the adapter config does not match its weights: save it again with PEFT")
+            rows.append(TokenRows(module, idx, t))
+        else:
+            name = param_name(key)
+            if name in params:
+                raise LoradialError(f"the adapter holds two tensors for {name}", "the adapter file is damaged")
+            params[name] = t
+    return SavedTensors(params, rows, carried)
+
 
 # --- reading -----------------------------------------------------------------------------------
 def config_spec(config: dict[str, Any]) -> LoraSpec:
@@ -141,7 +234,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     config = read_json(path / CONFIG_NAME, "adapter config")
     if not isinstance(config, dict):
         raise LoradialError(f"{path / CONFIG_NAME} is not a JSON object", "regenerate the adapter with PEFT")
-    peft_type = str(config.get("peft_type", "LORA")).upper()
+    peft_type = str(config.get("peft_type") or "LORA").upper()
     if peft_type != "LORA":
         raise LoradialError(f"adapter at {path} is a {peft_type} adapter, not LoRA", "loradial reads PEFT LoRA adapters")
     return config
@@ -206,10 +299,11 @@ def _check_tensor(key: str, t: Any, dims: int | None = None) -> None:
         raise LoradialError(f"tensor {key} contains NaN or Inf", "the training diverged or the file is damaged")
 
 
-def load_adapter(path: str | Path, allow_pickle: bool = False) -> Adapter:
+def load_adapter(path: str | Path, allow_pickle: bool = False, verb: str | None = None) -> Adapter:
     """Read and validate a PEFT LoRA adapter directory (safetensors; ``.bin`` only with ``allow_pickle``).
 
-    Checks: config is a LoRA config; every module has both A and B; A is (r, d_in), B is (d_out, r)
+    Checks: every config field is one ``verb`` supports (``features.check``; without a verb, only what
+    no verb can read is refused); every module has both A and B; A is (r, d_in), B is (d_out, r)
     with equal r, and r equals PEFT's per-module rank (``rank_pattern`` or ``r``); float dtypes;
     no NaN/Inf; magnitude and bias are (d_out,).
     """
@@ -219,6 +313,7 @@ def load_adapter(path: str | Path, allow_pickle: bool = False) -> Adapter:
     if not path.is_dir():
         raise LoradialError(f"adapter directory not found: {path}", "pass the directory written by save_pretrained")
     config = _read_config(path)
+    features.check(config, verb or features.READ)
     spec = config_spec(config)
     tensors, _meta = _read_tensors(path, allow_pickle)
     parts: dict[str, dict[str, Any]] = {}
@@ -273,7 +368,9 @@ def load_adapter(path: str | Path, allow_pickle: bool = False) -> Adapter:
     if spec.use_dora and any(m.magnitude is None for m in modules.values()):
         missing = next(n for n, m in modules.items() if m.magnitude is None)
         raise LoradialError(f"use_dora is set but module {missing} has no lora_magnitude_vector", "the adapter file is incomplete")
-    return Adapter(config, modules, extra, path)
+    ad = Adapter(config, modules, extra, path)
+    saved_tensors(ad)  # trained token rows must agree with the config
+    return ad
 
 
 def _natural_key(name: str) -> list:

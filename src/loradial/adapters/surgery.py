@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from loradial.adapters.format import Adapter, LoraModule, load_adapter, replace_modules, save_adapter, PREFIX
+from loradial.adapters import features
+from loradial.adapters.format import Adapter, LoraModule, load_adapter, replace_modules, save_adapter
 from loradial.errors import LoradialError
 from loradial.models.info import type_key
 from loradial.result import Result
@@ -34,8 +35,12 @@ from loradial.spec import alpha_for_same_scale, scaling
 from loradial.adapters.spectrum import allocate_ranks, best_rank_k, energy_rank, factored_svd, rank_k_factors
 
 
-def _load(adapter: str | Path | Adapter, allow_pickle: bool) -> Adapter:
-    return adapter if isinstance(adapter, Adapter) else load_adapter(adapter, allow_pickle=allow_pickle)
+def _load(adapter: str | Path | Adapter, allow_pickle: bool, verb: str) -> Adapter:
+    """The adapter (read from disk unless given), with every config field one ``verb`` supports (``features``)."""
+    if isinstance(adapter, Adapter):
+        features.check(adapter.config, verb)
+        return adapter
+    return load_adapter(adapter, allow_pickle=allow_pickle, verb=verb)
 
 
 # --- resize ------------------------------------------------------------------------------------
@@ -127,7 +132,7 @@ def resize(
 ) -> ResizeResult:
     """Best rank-k approximation of every module's ΔW (fixed k, energy threshold, or parameter budget),
     written as a PEFT adapter whose rank_pattern / alpha_pattern reproduce exactly that ΔW."""
-    ad = _load(adapter, allow_pickle)
+    ad = _load(adapter, allow_pickle, features.RESIZE)
     mods = list(ad.modules.values())
     spectra = [factored_svd(m.A, m.B, m.scale) for m in mods]
     ks = choose_ranks(spectra, mods, rank, energy, budget)
@@ -197,7 +202,7 @@ def rescale(
     if to is not None and to not in ("lora", "rslora"):
         raise LoradialError(f"--to must be 'lora' or 'rslora', got {to!r}",
                             "--to rslora switches to alpha/√r scaling, --to lora to alpha/r (outputs identical)")
-    ad = _load(adapter, allow_pickle)
+    ad = _load(adapter, allow_pickle, features.RESCALE)
     if ad.use_dora and to is None and not force:
         raise LoradialError(
             "refusing to rescale a DoRA adapter: its output m ⊙ (W + s·B·A)/‖W + s·B·A‖ is not linear in s, so "
@@ -248,7 +253,8 @@ class MergeResult(Result):
     dtype: str
     untied_embeddings: bool
     replaced_modules: list[str]
-    """Modules whose weights come from the adapter file: modules_to_save copies, saved embedding layers."""
+    """Modules with tensors from the adapter file: modules_to_save copies, trained biases and token rows, saved
+    embedding layers."""
     files: list[str]
     notes: list[str]
 
@@ -276,10 +282,14 @@ def _tied(model) -> bool:
 
 
 def _untie(model) -> None:
+    """Give the output head its own copy of the (tied) weight."""
     import torch.nn as nn
 
     head = model.get_output_embeddings()
     head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+
+
+def _untie_config(model) -> None:
     for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
         cfg.tie_word_embeddings = False
 
@@ -313,44 +323,29 @@ def merge(
     """
     import torch
 
-    from loradial.adapters.evaluate import load_base_model, locate
+    from loradial.adapters.evaluate import apply_saved, load_base_model, locate
     from loradial.io import atomic_dir, check_finite, check_out_not_overlapping, check_output_dir
 
-    ad = _load(adapter, allow_pickle)
+    ad = _load(adapter, allow_pickle, features.MERGE)
     check_out_not_overlapping(out, [("input adapter", ad.source), ("base model", model)])
     check_shard_size(max_shard_size)
     check_output_dir(out, overwrite)
     base = load_base_model(model, device="cpu", trust_remote_code=trust_remote_code)
     notes: list[str] = []
     located = {name: locate(base, m) for name, m in ad.modules.items()}
-    head = base.get_output_embeddings()
-    emb = base.get_input_embeddings()
-    touched = {id(mod) for mod, _ in located.values()}
-    # modules_to_save copies and saved embedding layers (PEFT's 'base_model.model.<param>' extras)
-    params = dict(base.named_parameters(remove_duplicate=False))
-    replacements: dict[str, Any] = {}
-    ignored: list[str] = []
-    for key, t in ad.extra_tensors.items():
-        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-        name = name.replace(".base_layer.", ".").replace(".modules_to_save.", ".").replace(".original_module.", ".")
-        if name in params:
-            if tuple(params[name].shape) != tuple(t.shape):
-                raise LoradialError(f"adapter tensor {key} is {tuple(t.shape)} but the base has {tuple(params[name].shape)}",
-                                    "resize the base model's embeddings to the adapter's vocabulary first")
-            replacements[name] = t
-        else:
-            ignored.append(key)
-    mts_modules = {n.rsplit(".", 1)[0] for n in replacements}
-    touched |= {id(base.get_submodule(n)) for n in mts_modules}
-    untied = False
-    if _tied(base) and (id(emb) in touched or id(head) in touched):
+    was_tied = _tied(base)
+    # modules_to_save copies, trained biases and token rows, saved embedding layers (format.saved_tensors)
+    _restore, replaced = apply_saved(base, ad)
+    head, emb = base.get_output_embeddings(), base.get_input_embeddings()
+    lora_on = {id(mod) for mod, _ in located.values()}
+    if _tied(base) and (id(emb) in lora_on or id(head) in lora_on):
         _untie(base)
-        untied = True
+    untied = was_tied and not _tied(base)
+    if untied:
+        _untie_config(base)
         notes.append("input embedding and output head were tied and the adapter changes one of them: untied them "
                      "(tie_word_embeddings=false) so the head is not silently changed")
     with torch.no_grad():
-        for name, t in replacements.items():
-            dict(base.named_parameters(remove_duplicate=False))[name].copy_(t)
         for name, m in ad.modules.items():
             mod, kind = located[name]
             if m.bias is not None:
@@ -363,8 +358,7 @@ def merge(
             w = merged_weight(mod.weight, m, kind)
             check_finite({f"{name}.weight": w}, "the merged model", "the adapter's ΔW overflows the base weights' dtype")
             mod.weight.copy_(w)
-    if ignored:
-        notes.append(f"{len(ignored)} adapter tensor(s) with no matching base parameter were not merged (e.g. {ignored[0]})")
+    mts_modules = sorted({n.rsplit(".", 1)[0] for n in replaced})
     with atomic_dir(out, overwrite=overwrite) as tmp:
         base.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         for src in (Path(model).expanduser(), ad.source):  # the adapter's tokenizer (if any) wins
@@ -375,4 +369,4 @@ def merge(
                     shutil.copy2(Path(src) / fname, tmp / fname)
         files = sorted(p.name for p in tmp.iterdir())
     return MergeResult(str(out), len(ad.modules), str(next(base.parameters()).dtype).replace("torch.", ""), untied,
-                       sorted(mts_modules), files, notes)
+                       mts_modules, files, notes)

@@ -136,4 +136,4 @@ def _render_truncation(res) -> None:
         console.print(f"why they differ: {res.rank_explanation}")
     if rd:
         console.print(f"next: train at r={rd} and r={2 * rd} — in sweeps this rank was a floor, never above the rank "
-                      "within 1 % of the best (README: how far to trust it)")
+                      "within 1 % of the best (docs/acting-on-adapters.md: how far to trust it)")

@@ -40,7 +40,7 @@ def _render(result) -> None:
 def diagnose_cmd(
     log: Path = typer.Argument(..., help="trainer_state.json, metrics.jsonl, metrics.csv, torchtune log_*.txt, a CSV/JSONL with step, loss, eval_loss, or a run directory."),
     config: Optional[Path] = typer.Option(None, "--config", help="The run's PEFT adapter_config.json (default: the one next to the log), for concrete next configs."),
-    rules: Optional[Path] = typer.Option(None, "--rules", help="YAML file overriding the shipped ladder (see loradial.rules)."),
+    rules: Optional[Path] = typer.Option(None, "--rules", help="YAML file overriding the shipped ladder (see loradial.advice.rules)."),
     as_json: opt.Json = False,
 ) -> None:
     """Say whether a run underfit, overfit, memorized, was unstable, too short or healthy - with the numbers - and what to try next.

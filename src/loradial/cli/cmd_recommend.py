@@ -62,7 +62,7 @@ def recommend_cmd(
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GiB of GPU memory: sizes batch, checkpointing, DoRA."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Training sequence length (default 2048)."),
     lr_rank_exponent: Optional[float] = typer.Option(None, "--lr-rank-exponent", help="lr * (r/16)^-e (default 0: same LR at every rank; 0.84 is folklore)."),
-    rules: Optional[Path] = typer.Option(None, "--rules", help="YAML file overriding the shipped rules (see loradial.rules)."),
+    rules: Optional[Path] = typer.Option(None, "--rules", help="YAML file overriding the shipped rules (see loradial.advice.rules)."),
     export: Optional[str] = typer.Option(None, "--export", help="Also write it as peft | trl | axolotl | llamafactory | unsloth | torchtune."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="File for --export (default: print it)."),
     as_json: opt.Json = False,

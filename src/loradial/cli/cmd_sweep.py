@@ -84,7 +84,7 @@ def sweep_cmd(
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Ray workers, one GPU each (default: every GPU of the cluster)."),
     seed: opt.Seed = DEFAULT.seed,
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (also at every eval)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (default: every 10 minutes and at every rung end)."),
     as_json: opt.Json = False,
 ) -> None:
     """Train a grid of LoRA configs at once on one frozen base, and rank them by eval loss.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from loradial.errors import LoradialError
-from loradial.models.info import ModuleInfo
+from loradial.models.info import ModelInfo, ModuleInfo
 
 #: bytes per element of the dtypes an adapter is stored in
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -107,3 +107,149 @@ def weight_side_flops(targeted: Iterable[tuple[ModuleInfo, int]], use_dora: bool
         elif use_dora:
             total += 2 * r * m.d_in * m.d_out
     return total
+
+
+# --- what PEFT trains besides LoRA factors ----------------------------------------------------------------------
+# PEFT 0.21: modules_to_save -> utils/other.py _set_trainable (ModulesToSaveWrapper: a trainable full copy of every
+# module whose name ends with an entry); trainable_token_indices -> the same file's TrainableTokensWrapper (a
+# (len(indices), width) delta per wrapped layer; a tied output head shares the embedding's); target_parameters ->
+# tuners_utils.py _inject_parameters (ParamWrapper on 'module.param' equal to or ending with '.' + entry); bias ->
+# tuners/tuners_utils.py _mark_only_adapters_as_trainable ('all': every parameter named *bias*, 'lora_only': the
+# biases of the wrapped layers).
+
+
+def _plain_params(m: ModuleInfo) -> int | None:
+    """Parameters of a leaf module from its shape (weight + bias), or None for a raw parameter."""
+    if m.kind == "param":
+        return None
+    return m.d_in * m.d_out + (m.d_out if m.bias else 0)
+
+
+def _meta_counts(info: ModelInfo, what: str):
+    """The model built on the meta device (for counts the shapes do not give), or a clean error."""
+    from loradial.models.resolve import build_meta_model
+
+    try:
+        return build_meta_model(info.full_config())
+    except LoradialError as e:
+        raise LoradialError(f"cannot count {what} for {info.name} without building it: {e.message}", e.hint) from None
+
+
+def modules_to_save_params(info: ModelInfo, modules_to_save: Iterable[str] | None) -> dict[str, int]:
+    """Module name -> parameters of its trainable copy, for every module PEFT wraps in a ModulesToSaveWrapper
+    (name ending with an entry, plain ``endswith`` as PEFT does). Leaves counted from shapes; other modules
+    (containers, norms) from a meta-device build."""
+    keys = [k for k in (modules_to_save or []) if k]
+    if not keys:
+        return {}
+    leaves = {m.name: m for m in info.modules if m.kind != "param"}
+    names = list(leaves) + [n for n in info.other_modules if n not in leaves]
+    hits = [n for n in names if any(n.endswith(k) for k in keys)]
+    if not hits:
+        raise LoradialError(f"modules_to_save {keys} match no module of {info.name}",
+                            "name a module, e.g. lm_head or embed_tokens (a module name ending with the entry)")
+    for a in hits:
+        for b in hits:
+            if b.startswith(a + "."):
+                raise LoradialError(f"modules_to_save wraps {a} and also {b} inside it: PEFT cannot do both",
+                                    "name only one of them")
+    out: dict[str, int] = {}
+    meta = None
+    for n in hits:
+        count = _plain_params(leaves[n]) if n in leaves else None
+        if count is None:
+            meta = meta if meta is not None else _meta_counts(info, "modules_to_save")
+            count = sum(p.numel() for p in meta.get_submodule(n).parameters())
+        out[n] = int(count)
+    return out
+
+
+def _input_embedding(info: ModelInfo) -> ModuleInfo | None:
+    vocab = info.full_config().get("vocab_size")
+    embs = [m for m in info.modules if m.kind == "embedding"]
+    return next((m for m in embs if m.d_in == vocab), embs[0] if embs else None)
+
+
+def trainable_token_params(info: ModelInfo, indices: list[int] | dict[str, list[int]] | None,
+                           lora_modules: Iterable[str] = (), modules_to_save: Iterable[str] = ()) -> dict[str, int]:
+    """Layer name -> trainable parameters of its TrainableTokens delta (len(indices) × the layer's width).
+
+    A list means the input embedding. On tied models PEFT ties the output head's token adapter to the
+    embedding's (no parameters of its own) unless both are named with different indices."""
+    if not indices:
+        return {}
+    emb = _input_embedding(info)
+    head = next((m for m in info.modules if m.is_output_head), None)
+    if isinstance(indices, (list, tuple)):
+        if emb is None:
+            raise LoradialError(f"{info.name} has no input embedding for trainable_token_indices")
+        layers = {emb.name: list(indices)}
+        keys = {emb.name: emb.name}
+    else:
+        layers, keys = {}, {}
+        by_name = {m.name: m for m in info.modules if m.kind != "param"}
+        for key, idx in indices.items():
+            found = [n for n in list(by_name) + list(info.other_modules) if n.endswith(key)]
+            if not found:
+                raise LoradialError(f"trainable_token_indices names {key!r}, which matches no module of {info.name}",
+                                    "name the embedding (e.g. embed_tokens) or the output head (lm_head)")
+            for n in found:
+                layers[n], keys[n] = list(idx), key
+        if info.tied_embeddings and len(indices) > 1 and emb is not None and head is not None:
+            tied_keys = [k for k in indices if emb.name.endswith(k) or head.name.endswith(k) or k in head.name.split(".")]
+            if len(tied_keys) >= 2 and all(list(indices[k]) == list(indices[tied_keys[0]]) for k in tied_keys):
+                # PEFT skips the tied keys that are names of modules tied to the embedding (the head)
+                layers = {n: v for n, v in layers.items() if not (keys[n] in tied_keys and keys[n] == head.name)}
+    out: dict[str, int] = {}
+    lora, mts = set(lora_modules), list(modules_to_save)
+    by_name = {m.name: m for m in info.modules}
+    for n, idx in layers.items():
+        m = by_name.get(n)
+        if m is None or m.kind not in ("embedding", "linear"):
+            raise LoradialError(f"trainable_token_indices can only train rows of an embedding or output head, not {n}")
+        if n in lora:
+            raise LoradialError(f"trainable_token_indices cannot be applied to {n}, which LoRA also targets (PEFT raises)",
+                                "drop it from the targets or from trainable_token_indices")
+        if any(n.endswith(k) for k in mts):
+            raise LoradialError(f"{n} is in modules_to_save and trainable_token_indices: PEFT allows only one",
+                                "keep one of them")
+        out[n] = len(idx) * (m.d_out if m.kind == "embedding" else m.d_in)
+    return out
+
+
+def parameter_targets(info: ModelInfo, target_parameters: Iterable[str] | None, rank_for, lora_modules: Iterable[str] = ()
+                      ) -> list[tuple[ModuleInfo, int]]:
+    """(parameter, rank) for every parameter PEFT's ParamWrapper adapts for ``target_parameters``: a key
+    'module.param' equal to an entry or ending with '.' + entry. Linear / Conv1D / Embedding weights count as
+    2-D parameters (r·(d_in + d_out), as their factors are shaped); ``rank_for(key)`` is PEFT's pattern lookup."""
+    keys = [t for t in (target_parameters or []) if t]
+    if not keys:
+        return []
+    lora = set(lora_modules)
+    out: list[tuple[ModuleInfo, int]] = []
+    for m in info.modules:
+        key = m.name if m.kind == "param" else f"{m.name}.weight"
+        if m.kind == "conv" or not (key in keys or any(key.endswith(f".{t}") for t in keys)):
+            continue
+        if m.kind != "param" and m.name in lora:
+            raise LoradialError(f"target_parameters names {key}, but LoRA also wraps {m.name} (PEFT raises)",
+                                "drop it from the targets or from target_parameters")
+        pm = m if m.kind == "param" else ModuleInfo(key, "param", m.d_in, m.d_out, False, False, 1)
+        out.append((pm, rank_for(key)))
+    if not out:
+        raise LoradialError(f"target_parameters {keys} match no parameter loradial can count in {info.name}",
+                            "name a weight, e.g. mlp.experts.gate_up_proj or mlp.up_proj.weight")
+    return out
+
+
+def bias_params(info: ModelInfo, bias: str, lora_modules: Iterable[ModuleInfo] = ()) -> int:
+    """Base biases PEFT trains with ``bias``: 'none' 0; 'lora_only' the biases of the wrapped layers; 'all' every
+    parameter whose name contains 'bias' (counted on a meta-device build: norms' biases are not in the shapes)."""
+    if bias in (None, "none"):
+        return 0
+    if bias == "lora_only":
+        return sum(m.d_out for m in lora_modules if m.bias and m.kind != "param")
+    if bias == "all":
+        meta = _meta_counts(info, "bias='all'")
+        return int(sum(p.numel() for n, p in meta.named_parameters() if "bias" in n))
+    raise LoradialError(f"bias must be 'none', 'all' or 'lora_only', got {bias!r}")

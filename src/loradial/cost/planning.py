@@ -38,6 +38,9 @@ FORMULAS = {
     "0 per token for ParamWrapper experts; 0 once merged; training adds ~2x this in the backward pass",
     "weight_side_flops_per_step": "per forward pass: 2*E*r*d_in*d_out per ParamWrapper (delta of the expert weights), "
     "2*r*d_in*d_out per DoRA module (weight norm)",
+    "auxiliary_params": "also trainable (included in trainable_params): every parameter of each modules_to_save copy; "
+    "len(indices)*width per trainable_token_indices layer (a tied head shares the embedding's); the base biases "
+    "of bias='lora_only' (wrapped layers) or 'all' (every *bias* parameter)",
 }
 
 
@@ -63,6 +66,9 @@ class PlanRow:
     peft_config: dict[str, Any]
     unused_pattern_keys: dict[str, list[str]]
     use_dora: bool = False
+    auxiliary_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Trainable parameters besides LoRA factors (included in trainable_params): modules_to_save {module: n},
+    trainable_tokens {layer: n}, bias n."""
 
 
 @dataclasses.dataclass
@@ -224,6 +230,10 @@ def plan(
     gradient_checkpointing: bool = False,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    modules_to_save: str | Sequence[str] | None = None,
+    trainable_token_indices: str | Sequence[int] | dict[str, Sequence[int]] | None = None,
+    target_parameters: str | Sequence[str] | None = None,
+    bias: str = "none",
 ) -> PlanResult:
     """Exact LoRA cost for every (target set x rank) on ``model``: one row each.
 
@@ -233,6 +243,10 @@ def plan(
     presets and 'all-linear' are expanded to name lists, as PEFT requires.
     Memory flags describe one training step (see loradial.memory). ``trust_remote_code``: a model
     that ships its own code (``auto_map``) is built from it on the meta device.
+    ``modules_to_save`` ('lm_head,embed_tokens'), ``trainable_token_indices`` ('0-9,42' for the input
+    embedding, or a JSON object / dict {module: indices}), ``target_parameters`` ('mlp.experts.gate_up_proj')
+    and ``bias`` ('none' / 'lora_only' / 'all') are PEFT's fields, counted as PEFT counts them; a target set
+    'none' is target_modules=[] (only target_parameters).
     """
     ranks = _check_ranks(ranks)
     target_sets = [targets] if isinstance(targets, str) else list(targets)
@@ -244,6 +258,9 @@ def plan(
     layer_list = parse_layers(layers)
     r_pattern, a_pattern = parse_pattern(rank_pattern, int, "rank_pattern"), parse_pattern(alpha_pattern, float, "alpha_pattern")
     exclude_modules = parse_exclude(exclude)
+    extra = dict(modules_to_save=parse_names(modules_to_save, "modules_to_save"),
+                 trainable_token_indices=parse_token_indices(trainable_token_indices),
+                 target_parameters=parse_names(target_parameters, "target_parameters"), bias=_check_bias(bias))
     info = model if isinstance(model, ModelInfo) else inspect_model(model, trust_remote_code=trust_remote_code)
     estimate = _memory_model()
     mem_kw = dict(use_dora=use_dora, batch_size=batch_size, seq_len=seq_len, dtype=mem_dtype, quant=quant,
@@ -253,7 +270,7 @@ def plan(
         for r in ranks:
             spec = make_spec(info, text, r, alpha=alpha, use_dora=use_dora, use_rslora=use_rslora,
                              lora_bias=lora_bias, layers=layer_list, layers_pattern=layers_pattern, exclude=exclude,
-                             rank_pattern=r_pattern, alpha_pattern=a_pattern)
+                             rank_pattern=r_pattern, alpha_pattern=a_pattern, **extra)
             rows.append(_row(spec, text, info, estimate, mem_kw))
     settings = {
         "ranks": ranks, "targets": target_sets, "alpha": alpha, "use_dora": use_dora, "use_rslora": use_rslora,
@@ -261,7 +278,7 @@ def plan(
         "exclude_modules": exclude_modules, "rank_pattern": r_pattern, "alpha_pattern": a_pattern,
         "batch_size": batch_size, "seq_len": seq_len, "dtype": mem_dtype, "quant": quant,
         "gradient_checkpointing": gradient_checkpointing, "attn_implementation": attn_implementation,
-        "memory_model": estimate is not None,
+        "memory_model": estimate is not None, **extra,
     }
     return PlanResult(info.summary(), settings, rows, dict(FORMULAS), _notes(info, rows, estimate))
 
@@ -271,23 +288,127 @@ def make_spec(
     use_rslora: bool = False, lora_bias: bool = False, layers: str | Sequence[int] | int | None = None,
     layers_pattern: str | list[str] | None = None, exclude: str | list[str] | None = None,
     rank_pattern: str | dict | None = None, alpha_pattern: str | dict | None = None,
+    modules_to_save: str | Sequence[str] | None = None,
+    trainable_token_indices: str | Sequence[int] | dict[str, Sequence[int]] | None = None,
+    target_parameters: str | Sequence[str] | None = None, bias: str = "none",
 ) -> LoraSpec:
-    """The LoraSpec of one plan row: ``targets`` in CLI syntax (a list is taken as PEFT target_modules), alpha = r by default."""
+    """The LoraSpec of one plan row: ``targets`` in CLI syntax (a list is taken as PEFT target_modules; 'none' is
+    target_modules=[], for target_parameters alone), alpha = r by default."""
     layer_list = parse_layers(layers)
     check_layers(layer_list, info)
-    targets = resolve_targets(targets, info, need_list=layer_list is not None)
+    if targets == "none" or targets == []:
+        targets = []
+    else:
+        targets = resolve_targets(targets, info, need_list=layer_list is not None)
     return LoraSpec(
         r=r, lora_alpha=alpha if alpha is not None else r, target_modules=targets, use_rslora=use_rslora,
         use_dora=use_dora, rank_pattern=parse_pattern(rank_pattern, int, "rank_pattern"),
         alpha_pattern=parse_pattern(alpha_pattern, float, "alpha_pattern"), exclude_modules=parse_exclude(exclude),
         layers_to_transform=layer_list, layers_pattern=layers_pattern, lora_bias=lora_bias,
+        modules_to_save=parse_names(modules_to_save, "modules_to_save"), bias=_check_bias(bias),
+        trainable_token_indices=parse_token_indices(trainable_token_indices),
+        target_parameters=parse_names(target_parameters, "target_parameters"),
     )
 
 
+def targeting(spec: LoraSpec, info: ModelInfo) -> tuple[Any, list[tuple[Any, int]], dict[str, Any]]:
+    """(PEFT's targeting of the LoRA modules, every (module or parameter, rank) pair, the auxiliary trainable
+    parameters {modules_to_save, trainable_tokens, bias}) — everything ``get_peft_model`` makes trainable."""
+    from loradial.models.targets import Targeting
+    from loradial.spec import get_pattern_key
+
+    if spec.target_modules == [] and not spec.target_parameters:
+        raise LoradialError("no target: target_modules is empty and no target_parameters are given",
+                            "give --targets or --target-parameters")
+    if spec.target_modules == []:
+        tg = Targeting(spec, [], [], {"rank_pattern": [], "alpha_pattern": []})
+    else:
+        tg = match(spec, info)
+    pairs = list(tg.pairs)
+    lora_names = [m.name for m, _ in pairs if m.kind != "param"]
+
+    def rank_for(key: str) -> int:
+        k = get_pattern_key(tg.spec.rank_pattern, key)
+        return spec.r if k is None else tg.spec.rank_pattern[k]
+
+    have = {m.name for m, _ in pairs}
+    for m, r in cost.parameter_targets(info, spec.target_parameters, rank_for, lora_names):
+        if m.name not in have:
+            pairs.append((m, r))
+            have.add(m.name)
+    if any(m.kind == "param" for m, _ in pairs) and (spec.use_dora or spec.lora_bias):
+        raise LoradialError("PEFT's ParamWrapper (target_parameters) supports neither DoRA nor lora_bias",
+                            "drop --dora / --lora-bias, or the parameter targets")
+    mts = cost.modules_to_save_params(info, spec.modules_to_save)
+    for name in mts:
+        if name in lora_names:  # cannot happen through LoraSpec.matches, kept as PEFT's own guard
+            raise LoradialError(f"{name} is both a LoRA target and in modules_to_save")
+    aux: dict[str, Any] = {}
+    if mts:
+        aux["modules_to_save"] = mts
+    tokens = cost.trainable_token_params(info, spec.trainable_token_indices, lora_names, spec.modules_to_save or [])
+    if tokens:
+        aux["trainable_tokens"] = tokens
+    b = cost.bias_params(info, spec.bias, [m for m, _ in pairs])
+    if b:
+        aux["bias"] = b
+    return tg, pairs, aux
+
+
+def auxiliary_total(aux: dict[str, Any]) -> int:
+    return sum(sum(v.values()) if isinstance(v, dict) else int(v) for v in aux.values())
+
+
+# --- parsing of the PEFT fields plan counts besides LoRA ------------------------------------------------------
+def parse_names(text: str | Sequence[str] | None, what: str) -> list[str] | None:
+    """'lm_head,embed_tokens' or a list -> a list of names (None when empty)."""
+    if text is None or text == "":
+        return None
+    names = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
+    names = [n for n in names if n]
+    if not names:
+        raise LoradialError(f"empty {what}", f"give names, e.g. --{what.replace('_', '-')} lm_head")
+    return names
+
+
+def parse_token_indices(text: str | Sequence[int] | dict | None) -> list[int] | dict[str, list[int]] | None:
+    """PEFT trainable_token_indices: '0-9,42' / a list (the input embedding) or a JSON object / dict {module: indices}."""
+    if text is None or text == "" or (not isinstance(text, str) and len(text) == 0):
+        return None
+    if isinstance(text, str) and text.lstrip().startswith("{"):
+        try:
+            text = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LoradialError(f"trainable_token_indices is not valid JSON: {e}",
+                                'use e.g. \'{"embed_tokens": [0, 1]}\' or 0-9,42') from None
+    if isinstance(text, dict):
+        return {str(k): _token_list(v) for k, v in text.items()}
+    return _token_list(text)
+
+
+def _token_list(value: Any) -> list[int]:
+    if isinstance(value, str):
+        try:
+            out = parse_layers(value)
+        except LoradialError:
+            raise LoradialError(f"invalid token indices {value!r}", "use e.g. 0-9,42") from None
+    else:
+        out = list(value)
+    if not out or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in out):
+        raise LoradialError(f"token indices must be non-negative integers, got {value!r}", "use e.g. 0-9,42")
+    return list(dict.fromkeys(out))
+
+
+def _check_bias(bias: str | None) -> str:
+    bias = bias or "none"
+    if bias not in ("none", "all", "lora_only"):
+        raise LoradialError(f"bias must be 'none', 'all' or 'lora_only', got {bias!r}", "PEFT's bias field")
+    return bias
+
+
 def _row(spec: LoraSpec, text: str, info: ModelInfo, estimate, mem_kw: dict[str, Any]) -> PlanRow:
-    tg = match(spec, info)
-    pairs = tg.pairs
-    n = cost.trainable_params(pairs, spec.use_dora, spec.lora_bias)
+    tg, pairs, aux = targeting(spec, info)
+    n = cost.trainable_params(pairs, spec.use_dora, spec.lora_bias) + auxiliary_total(aux)
     peak, breakdown = None, {}
     if estimate is not None:
         est = estimate(info, pairs, **mem_kw)
@@ -307,10 +428,11 @@ def _row(spec: LoraSpec, text: str, info: ModelInfo, estimate, mem_kw: dict[str,
         memory_breakdown=breakdown,
         extra_flops_per_token=cost.extra_flops_per_token(pairs),
         weight_side_flops_per_step=cost.weight_side_flops(pairs, spec.use_dora),
-        target_parameters=tg.target_parameters,
+        target_parameters=list(dict.fromkeys(tg.target_parameters + list(spec.target_parameters or []))),
         peft_config=spec.peft_kwargs(),
         unused_pattern_keys=tg.unused_pattern_keys,
         use_dora=spec.use_dora,
+        auxiliary_params=aux,
     )
 
 
@@ -335,6 +457,9 @@ def _notes(info: ModelInfo, rows: list[PlanRow], estimate) -> list[str]:
     if any(row.target_parameters for row in rows):
         notes.append("MoE experts are wrapped by PEFT's ParamWrapper via its transformers-v5 config conversion: a fused "
                      "gate_up_proj gets rank 2r and alpha 2*alpha; layers_to_transform and exclude_modules do not apply to them")
+    if estimate is not None and any(row.auxiliary_params for row in rows):
+        notes.append("the memory model counts LoRA factors only: modules_to_save copies, trained token rows and biases "
+                     "(in trainable_params) add their weights, gradients and optimizer states on top of peak_memory_bytes")
     if info.tied_embeddings and any(m["kind"] == "embedding" for row in rows for m in row.modules):
         notes.append("input and output embeddings are tied: PEFT adapts only the module you target")
     return notes

@@ -14,7 +14,7 @@ uses the base output for W x'_k; with it, a second product W d_k(x_k), and so do
 
 ``W x`` is computed once for all K·m rows by the untouched base layer. The adapters of one module
 are grouped into *buckets* of contiguous slices; a bucket stores its adapters' factors zero-padded
-to its largest rank, A as (G, r, d_in) and B as (G, d_out, r), so a bucket costs two ``torch.bmm``
+to its largest rank, A as (G, d_in, r) and B as (G, r, d_out), so a bucket costs two ``torch.bmm``
 whatever G is. Padded rows of A and columns of B receive exactly zero gradient and stay zero
 under AdamW (zero moments give a zero step; decay of zero is zero), so padding changes no result.
 ``plan_buckets`` trades padding FLOPs against kernel launches with an exact dynamic program.

@@ -33,7 +33,7 @@ from loradial.engine.optim import AdapterOptimizer
 
 
 class Engine:
-    """K adapters on one frozen causal LM. See the module docstring; ``train.train_many`` drives it."""
+    """K adapters on one frozen causal LM. See the module docstring; ``session.train_many`` drives it."""
 
     def __init__(self, model, adapters: list[AdapterConfig], train: list[dict], *, batch_size: int,
                  steps: int | None = None, epochs: float | None = None, eval: list[dict] | None = None,

@@ -12,7 +12,7 @@ The demo chains the public verbs, nothing of its own:
 
 The base model's eval loss (the alpha-sweep at c = 0, on the same eval file and max length as the
 sweep) is added to ``sweep/results.json`` as ``base_eval_loss`` so the report draws it.
-Layout of ``out`` is what ``loradial.report.load`` looks for (README.md ("Files and fields read")).
+Layout of ``out`` is what ``loradial.reports.load`` looks for (docs/report.md, "Files and fields read").
 """
 
 from __future__ import annotations

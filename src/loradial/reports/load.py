@@ -4,7 +4,7 @@ Each reader returns ``None`` (with a note saying why) when its file is absent or
 otherwise a small normalized view in which every optional field may be ``None``. Files are looked
 for in the report directory itself and then in its immediate subdirectories (sorted by name), so a
 sweep directory, an analysis directory, and a demo directory holding ``sweep/``, ``analysis/`` and
-``plan.json`` all work. The exact files and fields read are listed in README.md ("Files and fields read").
+``plan.json`` all work. The exact files and fields read are listed in docs/report.md ("Files and fields read").
 """
 
 from __future__ import annotations

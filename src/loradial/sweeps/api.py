@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from loradial.errors import LoradialError
 from loradial.sweeps.results import SweepResult
-from loradial.settings import DEFAULT, SweepSettings, TrainSettings
+from loradial.settings import DEFAULT, SweepSettings, TrainSettings, TunePolicy
 from loradial.sweeps.state import SweepDir, check_new_sweep_dir, create_sweep_dir, open_sweep_dir
 
 
@@ -63,6 +63,7 @@ def sweep(
     ray: str | None = None,
     ray_workers: int | None = None,
     trust_remote_code: bool = DEFAULT.trust_remote_code,
+    tune: TunePolicy | None = None,
     resume: bool = False,
     progress: bool = False,
 ) -> SweepResult:
@@ -79,6 +80,9 @@ def sweep(
 
     ``trust_remote_code`` lets a model that ships its own code (``auto_map``) run it (kept in sweep.yaml,
     so workers and ``--resume`` use it too).
+
+    ``tune`` replaces plain halving by ``tune``'s rung-end policy (``sweeps/tuning.py``; ``loradial tune``
+    passes it).
 
     ``resume=True`` continues the sweep in ``out`` with the settings of its sweep.yaml (only
     ``devices`` / ``ray`` may change); finished configs are never retrained.
@@ -104,14 +108,14 @@ def sweep(
             lr_rank_exponent=lr_rank_exponent, seeds=seeds, grid=grid, steps=steps, epochs=epochs,
             eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every, halving=halving,
             halving_at=halving_at, gpu_memory=gpu_memory, devices=devices, pack_size=pack_size,
-            checkpoint_every=checkpoint_every, train=train, ray=ray, ray_workers=ray_workers,
+            checkpoint_every=checkpoint_every, train=train, ray=ray, ray_workers=ray_workers, tune=tune,
         )
         create_sweep_dir(sd, settings.to_yaml(), sweep_runner.initial_state(settings))
         sd.lock()
     from loradial.sweeps.segment import release
 
     try:
-        sweep_runner.run(sd, settings, ctx, progress=progress)
+        settings = sweep_runner.run(sd, settings, ctx, progress=progress)
         return sweep_runner.finish(sd, settings, ctx, wall_seconds=time.time() - t0, resumed=resume)
     finally:
         release()

@@ -41,6 +41,8 @@ class SweepResult(Result):
     devices: list[str]
     wall_seconds: float
     resumed: bool = False
+    decisions: list[dict[str, Any]] | None = None
+    """``tune``'s rung-end decisions (kept / stopped / added, with the numbers); None for a plain sweep."""
 
 
 

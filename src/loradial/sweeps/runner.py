@@ -37,11 +37,7 @@ def initial_state(settings: SweepSettings) -> dict[str, Any]:
         "finished": False,
         "rung_packs": [],
         "segments_done": [],
-        "configs": {
-            c.name: {"status": "alive", "step": 0, "checkpoint": None, "eval_loss": None, "stopped_at": None,
-                        "pack": None, "train_seconds": 0.0, "peak_memory_bytes": None}
-            for c in settings.configs
-        },
+        "configs": {c.name: _config_state() for c in settings.configs},
     }
 
 
@@ -51,22 +47,28 @@ def eval_steps(start: int, end: int, every: int | None) -> list[int]:
     return sorted(pts | {end})
 
 
-def _packs_for(settings: SweepSettings, alive: list[str]) -> list[list[str]]:
+def _packs_for(settings: SweepSettings, alive: list[str], state: dict[str, Any]) -> list[list[str]]:
+    """Packs of the configs alive at a rung: configs at the same step (the survivors, or refinements
+    that join ``tune`` at step 0) are packed together, in config order."""
     from loradial.sweeps.pack import ConfigCost, make_packs
 
     costs = {c.name: ConfigCost(**c.model_dump()) for c in settings.costs}
-    return make_packs([costs[n] for n in alive], settings.budget_bytes, settings.pack_size)
+    packs = []
+    for step in sorted({state["configs"][n]["step"] for n in alive}, reverse=True):
+        group = [n for n in alive if state["configs"][n]["step"] == step]
+        packs += make_packs([costs[n] for n in group], settings.budget_bytes, settings.pack_size)
+    return packs
 
 
 def segment_jobs(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: int) -> list[dict[str, Any]]:
-    bounds = settings.halving_boundaries
-    start, end = (bounds[rung - 1] if rung else 0), bounds[rung]
-    final = rung == len(bounds) - 1
+    end = settings.halving_boundaries[rung]
+    final = rung == len(settings.halving_boundaries) - 1
     jobs = []
     for j, members in enumerate(state["rung_packs"][rung]):
         seg = f"r{rung}-p{j}"
         if seg in state["segments_done"]:
             continue
+        start = state["configs"][members[0]]["step"]  # every member of a pack is at the same step
         jobs.append({
             "id": seg, "rung": rung, "pack": j, "members": list(members), "start": start, "end": end,
             "eval_steps": eval_steps(start, end, settings.eval_every),
@@ -124,40 +126,67 @@ def commit_segment(sd: SweepDir, state: dict[str, Any], job: dict[str, Any], out
     shutil.rmtree(job["work"], ignore_errors=True)
 
 
-def halve(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: int) -> None:
-    """Stop the worse half of the configs alive at this rung (compared at the same step)."""
-    from loradial.sweeps.halving import survivors
+def _config_state() -> dict[str, Any]:
+    return {"status": "alive", "step": 0, "checkpoint": None, "eval_loss": None, "stopped_at": None,
+            "pack": None, "train_seconds": 0.0, "peak_memory_bytes": None}
 
-    alive = [n for n in settings.names if state["configs"][n]["status"] == "alive"]
-    params = {c.name: c.trainable_params for c in settings.configs}
-    keep = set(survivors({n: state["configs"][n]["eval_loss"] for n in alive}, params))
-    step = settings.halving_boundaries[rung]
-    for n in alive:
-        if n in keep:
-            continue
+
+def _stop(sd: SweepDir, state: dict[str, Any], names: list[str], step: int) -> None:
+    for n in names:
         c = state["configs"][n]
         if not sd.adapter_dir(n).is_dir():
             export_adapter(c["checkpoint"], sd.adapter_dir(n))
         c.update(status="stopped", stopped_at=step)
+
+
+def halve(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: int, ctx: Any = None) -> SweepSettings:
+    """The rung-end decision: plain successive halving (stop the worse half, compared at the same step),
+    or ``tune``'s policy (``sweeps/tuning.py``: stop unstable and behind configs, add refinements).
+    Returns the settings, which hold the added configs (sweep.yaml is rewritten before state.json)."""
+    alive = [n for n in settings.names if state["configs"][n]["status"] == "alive"]
+    step = settings.halving_boundaries[rung]
+    losses = {n: state["configs"][n]["eval_loss"] for n in alive}
+    if settings.tune is None:
+        from loradial.sweeps.halving import survivors
+
+        params = {c.name: c.trainable_params for c in settings.configs}
+        keep = set(survivors(losses, params))
+        _stop(sd, state, [n for n in alive if n not in keep], step)
+    else:
+        from loradial.sweeps.results import verdicts
+        from loradial.sweeps.setup import add_configs
+        from loradial.sweeps.tuning import decide
+
+        lines = [ln for ln in sd.read_metrics() if ln.get("adapter") in losses]
+        decision = decide(rung, settings.tune, settings.configs, alive, losses, verdicts(lines), step)
+        settings, added = add_configs(sd, settings, ctx, decision.add)  # idempotent: a re-decision adds nothing twice
+        fault(f"added:{rung}")
+        for name in added:
+            state["configs"].setdefault(name, _config_state())
+        records = decision.records + [{"rung": rung + 1, "step": step, "config": name, "action": "added",
+                                       "reason": new.reason, "eval_loss": None, "verdict": None}
+                                      for name, new in zip(added, decision.add)]
+        state.setdefault("decisions", []).extend(records)
+        _stop(sd, state, decision.stopped, step)
     fault(f"halve:{rung}")
     state["rung"] = rung + 1
     sd.write_state(state)
+    return settings
 
 
-def run(sd: SweepDir, settings: SweepSettings, ctx: Any, progress: bool = False) -> None:
+def run(sd: SweepDir, settings: SweepSettings, ctx: Any, progress: bool = False) -> SweepSettings:
     """Train every rung to its end, committing as it goes; idempotent after any kill."""
     from loradial.sweeps.devices import is_ray
 
     state = sd.read_state()
     if state.get("finished"):
-        return
+        return settings
     sd.truncate_metrics(state["metrics_bytes"])
     bounds = settings.halving_boundaries
-    names = settings.names
     for rung in range(state["rung"], len(bounds)):
         if len(state["rung_packs"]) <= rung:
-            alive = [n for n in names if state["configs"][n]["status"] == "alive"]
-            state["rung_packs"].append(_packs_for(settings, alive))
+            alive = [n for n in settings.names if state["configs"][n]["status"] == "alive"]
+            state["rung_packs"].append(_packs_for(settings, alive, state))
             sd.write_state(state)
         jobs = segment_jobs(sd, settings, state, rung)
 
@@ -168,15 +197,16 @@ def run(sd: SweepDir, settings: SweepSettings, ctx: Any, progress: bool = False)
             from loradial.sweeps.ray_exec import execute_ray  # imports Ray's client only when asked for
 
             execute_ray(jobs, settings, ctx.devices, on_done, progress, len(bounds))
-        else:
+        elif jobs:
             from loradial.sweeps.executor import execute
 
             execute(jobs, settings, ctx, on_done, progress=progress, n_rungs=len(bounds))
         if rung < len(bounds) - 1:
-            halve(sd, settings, state, rung)
+            settings = halve(sd, settings, state, rung, ctx)
         else:
             state["rung"] = len(bounds)
             sd.write_state(state)
+    return settings
 
 
 def finish(sd: SweepDir, settings: SweepSettings, ctx: Any, *, wall_seconds: float, resumed: bool):
@@ -204,6 +234,7 @@ def finish(sd: SweepDir, settings: SweepSettings, ctx: Any, *, wall_seconds: flo
         n_packs=len(packs[0]) if packs else 0, packs=packs,
         settings=settings.model_dump(mode="json", exclude={"configs", "costs"}),
         devices=list(ctx.devices), wall_seconds=wall_seconds, resumed=resumed,
+        decisions=state.get("decisions") if settings.tune is not None else None,
     )
     fault("finish")
     atomic_write_json(sd.results_path, result.to_dict())

@@ -147,7 +147,8 @@ def _data(settings: SweepSettings, tokenizer) -> tuple[list, list]:
 
 def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, grid, steps, epochs,
             eval_data, eval_fraction, eval_every, halving, halving_at, gpu_memory, devices, pack_size,
-            checkpoint_every, train: TrainSettings, ray=None, ray_workers=None) -> tuple[SweepSettings, Context]:
+            checkpoint_every, train: TrainSettings, ray=None, ray_workers=None,
+            tune=None) -> tuple[SweepSettings, Context]:
     """Validate everything and return (the SweepSettings sweep.yaml will hold, in-memory context)."""
     from loradial.models.resolve import inspect_model
     from loradial.models.targets import resolve_targets
@@ -196,7 +197,7 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     settings = validated(SweepSettings, dict(
         base, steps=n_steps, epochs=epochs, eval_every=eval_every, halving=bool(halving),
         halving_fractions=list(fractions) if fractions else None, halving_boundaries=rung_boundaries(n_steps, fractions),
-        checkpoint_every=checkpoint_every, pack_size=pack_size, gpu_memory=gpu_memory, configs=entries,
+        checkpoint_every=checkpoint_every, pack_size=pack_size, gpu_memory=gpu_memory, configs=entries, tune=tune,
     ), "sweep")
     adapter_configs(settings, settings.names)  # the engine's own checks, before anything is written
     settings.budget_bytes, costs = memory_costs(settings, info, targeted, train_ex, devices, gpu_memory)
@@ -254,3 +255,39 @@ def load_context(settings: SweepSettings, devices: Sequence[str] | None, ray: st
     train, ev = _data(settings, tokenizer)
     targeted = {e.name: _targeted(e, info) for e in settings.configs}
     return Context(info, tokenizer, train, ev, targeted, devices)
+
+
+def add_configs(sd, settings: SweepSettings, ctx: Context, news: Sequence) -> tuple[SweepSettings, list[str]]:
+    """Append configs to a running sweep (``tune``'s refinements): their entries and memory costs go
+    into sweep.yaml (one atomic write) before state.json learns of them. Returns the new settings and
+    the names of ``news`` in order; a config already present (a decision replayed after a kill) is
+    not added twice."""
+    from loradial.models.targets import resolve_targets
+    from loradial.sweeps.grid import SweepConfig, config_name
+    from loradial.sweeps.pack import ConfigCost, make_packs
+
+    present = set(settings.names)
+    entries, names = [], []
+    for new in news:
+        name = config_name(new.r, new.lora_alpha, new.variant, new.learning_rate,
+                           new.targets if len({c.targets for c in settings.configs}) > 1 else None)
+        names.append(name)
+        if name in present:
+            continue
+        present.add(name)
+        cfg = SweepConfig(name, new.r, new.lora_alpha, new.variant, new.targets, new.learning_rate, new.seed)
+        entry = _config_entry(cfg, resolve_targets(new.targets, ctx.info), 0)
+        ctx.targeted[name] = _targeted(entry, ctx.info)
+        entry.trainable_params = _trainable_params(ctx.targeted[name], entry.use_dora)
+        entries.append(entry)
+    if not entries:
+        return settings, names
+    grown = settings.model_copy(deep=True)
+    grown.configs = [*grown.configs, *entries]
+    adapter_configs(grown, [e.name for e in entries])  # the engine's checks
+    _, costs = memory_costs(grown.model_copy(update={"configs": entries}), ctx.info, ctx.targeted, ctx.train,
+                            ctx.devices, grown.gpu_memory)
+    grown.costs = [*grown.costs, *costs]
+    make_packs([ConfigCost(**c.model_dump()) for c in costs], grown.budget_bytes, grown.pack_size)  # fit check
+    sd.write_settings(grown)
+    return grown, names

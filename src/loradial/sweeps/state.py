@@ -2,7 +2,8 @@
 
 Layout of a sweep directory::
 
-    sweep.yaml          the resolved grid and every run setting (written once, with the directory)
+    sweep.yaml          the resolved grid and every run setting (written with the directory; ``tune``
+                        rewrites it, atomically, when it adds refinement configs between rungs)
     state.json          progress, replaced atomically after every durable event
     metrics.jsonl       training and eval lines of finished pack segments, in a fixed order
     adapters/<config>/  each config's final adapter, PEFT format (written atomically)
@@ -91,6 +92,10 @@ class SweepDir:
             raise LoradialError(f"{self.root} is not a sweep directory (no {MARKER})",
                                 "pass the --out directory of an earlier `loradial sweep`") from None
         return SweepSettings.from_yaml(text, str(self.settings_path))
+
+    def write_settings(self, settings: SweepSettings) -> None:
+        """Replace sweep.yaml atomically (``tune`` adds its refinement configs between rungs)."""
+        atomic_write_text(self.settings_path, settings.to_yaml())
 
     # --- metrics.jsonl --------------------------------------------------------------------------
     def metrics_size(self) -> int:
