@@ -22,6 +22,7 @@ loradial plan --model src/loradial/assets/demo-model --rank 4,8,16 --targets all
 loradial recommend --model src/loradial/assets/demo-model --task standard --examples 3000 --export peft --out runs/recommended.json
 loradial train --model src/loradial/assets/demo-model --data src/loradial/assets/demo-data/train.jsonl --rank 8 --alpha 16 --targets all-linear --lr 2e-3 --steps 20 --max-len 64 --out runs/r8
 loradial sweep --model src/loradial/assets/demo-model --data src/loradial/assets/demo-data/train.jsonl --eval-data src/loradial/assets/demo-data/eval.jsonl --ranks 4,16 --alphas ratio:1,2 --lr 2e-3 --steps 20 --max-len 64 --out runs/sweep
+loradial tune --model src/loradial/assets/demo-model --data src/loradial/assets/demo-data/train.jsonl --eval-fraction 0.02 --steps 8 --max-len 64 --out runs/tune
 loradial analyze runs/r8/adapters/default --base src/loradial/assets/demo-model
 loradial resize runs/r8/adapters/default --rank 4 --out runs/r8-rank4
 loradial rescale runs/r8/adapters/default --scale 0.5 --out runs/r8-half

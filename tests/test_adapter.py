@@ -19,7 +19,7 @@ from loradial.adapters.format import (
     save_adapter,
 )
 from loradial.errors import LoradialError
-from test_adapter_support import peft_adapter, peft_delta, tiny_model, tokens
+from test_adapter_support import made_adapters, peft_delta, tiny_model, tokens
 
 CASES = {
     "llama_patterns_emb": dict(arch="llama", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed_tokens"],
@@ -33,10 +33,7 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("adapters")
-    return {k: peft_adapter(tmp, name=k, **v) for k, v in CASES.items()}
+made = made_adapters(CASES)
 
 
 @pytest.mark.parametrize("case", list(CASES))

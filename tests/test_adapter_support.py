@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import TINY_CONFIGS
@@ -57,3 +58,15 @@ def peft_delta(pm, name: str) -> torch.Tensor:
 def tokens(vocab: int = 128, batch: int = 2, seq: int = 12, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, vocab, (batch, seq), generator=g)
+
+
+def made_adapters(cases: dict[str, dict]):
+    """A module-scoped fixture: ``{case: (PeftModel, adapter dir)}`` for every case of a test file's
+    CASES (each saved by PEFT itself with non-zero B factors), shared by the adapter-verb tests."""
+
+    @pytest.fixture(scope="module")
+    def made(tmp_path_factory):
+        tmp = tmp_path_factory.mktemp("adapters")
+        return {k: peft_adapter(tmp, name=k, **v) for k, v in cases.items()}
+
+    return made

@@ -14,7 +14,7 @@ from loradial.adapters import evaluate as ev
 from loradial.adapters.format import load_adapter
 from loradial.errors import LoradialError
 from loradial.adapters.surgery import resize, truncate_module
-from test_adapter_support import peft_adapter, tiny_model, tokens
+from test_adapter_support import made_adapters, tiny_model, tokens
 from test_engine_fixtures import pc_records, save_tiny_model, tiny_llama, write_jsonl
 
 CASES = {
@@ -25,10 +25,7 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("evaluate")
-    return {k: peft_adapter(tmp, name=k, **v) for k, v in CASES.items()}
+made = made_adapters(CASES)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -106,7 +106,7 @@ def test_memory_plumbing(monkeypatch):
         seen.update(kw, n=len(targeted), info=info.name)
         return Est()
 
-    monkeypatch.setattr(plan_module, "_memory_model", lambda: fake)
+    monkeypatch.setattr(plan_module, "estimate_training_memory", fake)
     row = plan("gpt2", [8], ["c_attn"], batch_size=4, seq_len=128, dtype="float16", quant="4bit",
                gradient_checkpointing=True).rows[0]
     assert row.peak_memory_bytes == 123 and row.memory_breakdown == {"frozen_weights": 100, "activations": 23}
@@ -114,14 +114,11 @@ def test_memory_plumbing(monkeypatch):
                         gradient_checkpointing=True, attn_implementation="sdpa", n=12, info="gpt2")
 
 
-def test_memory_fields_when_the_model_is_installed():
+def test_memory_fields():
     res = plan("llama-3.2-1b", [8, 64], ["q_proj,v_proj"])
     parts = {"frozen_weights", "adapter_weights", "gradients", "optimizer_states", "activations", "logits", "overhead"}
     for row in res.rows:
-        if res.settings["memory_model"]:
-            assert row.peak_memory_bytes > 0 and set(row.memory_breakdown) <= parts
-        else:
-            assert row.peak_memory_bytes is None and row.memory_breakdown == {}
+        assert row.peak_memory_bytes > 0 and set(row.memory_breakdown) <= parts
 
 
 # --- errors: one line + hint, exit 2 -----------------------------------------------------------------
@@ -134,8 +131,8 @@ ERRORS = [
     (["--rank", "eight"], "invalid rank 'eight'", "comma-separated"),
     (["--alpha", "0"], "alpha must be a positive number", "--alpha"),
     (["--alpha", "-2"], "alpha must be a positive number", "--alpha"),
-    (["--batch-size", "0"], "batch size must be a positive integer", "--batch-size"),
-    (["--seq-len", "-1"], "sequence length must be a positive integer", "--seq-len"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer", "--batch-size"),
+    (["--seq-len", "-1"], "--seq-len must be a positive integer", "--seq-len"),
     (["--dtype", "fp8"], "unknown dtype 'fp8'", "bf16"),
     (["--quant", "3bit"], "unknown quantization '3bit'", "4bit"),
     (["--attn", "magic"], "unknown attention implementation", "sdpa"),

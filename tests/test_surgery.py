@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from loradial.adapters.format import delta_weight, load_adapter
 from loradial.errors import LoradialError
 from loradial.adapters.surgery import merge, rescale, resize
-from test_adapter_support import peft_adapter, peft_delta, save_base, tiny_model, tokens
+from test_adapter_support import made_adapters, peft_delta, save_base, tiny_model, tokens
 from test_engine_fixtures import tiny_tokenizer
 
 CASES = {
@@ -28,10 +28,7 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("surgery")
-    return {k: peft_adapter(tmp, name=k, **v) for k, v in CASES.items()}
+made = made_adapters(CASES)
 
 
 def _load_peft(case, path):

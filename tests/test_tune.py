@@ -68,6 +68,8 @@ def test_stages_decisions_and_outputs(tuned):
     assert set(res.exports) == {"peft", "trl", "axolotl", "llamafactory", "unsloth", "torchtune"}
     assert json.loads((out / "tune.json").read_text())["best_adapter"] == res.best_adapter
     assert res.why and res.base_eval_loss is not None and res.best_eval_loss < res.base_eval_loss
+    html = Path(res.report).read_text()
+    assert "Why this config" in html and res.best_config["name"] in html and "behind:" in html
 
 
 def test_the_planted_diverging_configs_stop_at_the_first_rung(tuned):
@@ -101,8 +103,10 @@ def test_finalists_continue_from_their_checkpoints_with_the_weights_of_an_uninte
     got = load_file(str(Path(res.best_adapter) / "adapter_model.safetensors"))
     want = load_file(str(tmp_path / "ref" / "adapters" / ref.best / "adapter_model.safetensors"))
     assert got.keys() == want.keys()
-    assert all(torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-6) for k in got)
-    assert ref.configs[0]["best_eval_loss"] == pytest.approx(res.best_eval_loss, rel=1e-5)
+    # float32 GEMMs of a 32-adapter pack and of a 1-adapter one round differently, and AdamW's normalised
+    # steps carry that on: 3e-6 to 6e-5 of each tensor's norm measured here
+    assert max(float((got[k] - want[k]).norm() / want[k].norm()) for k in got) < 2e-4
+    assert ref.configs[0]["best_eval_loss"] == pytest.approx(res.best_eval_loss, rel=1e-4)
 
 
 def test_kill_9_then_resume_gives_the_same_answer(assets, tuned, tmp_path):
@@ -129,7 +133,7 @@ def test_kill_9_then_resume_gives_the_same_answer(assets, tuned, tmp_path):
     assert [(d["config"], d["action"]) for d in res.decisions] == [(d["config"], d["action"]) for d in ref.decisions]
     got = load_file(str(Path(res.best_adapter) / "adapter_model.safetensors"))
     want = load_file(str(Path(ref.best_adapter) / "adapter_model.safetensors"))
-    assert all(torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-7) for k in got)
+    assert max(float((got[k] - want[k]).norm() / want[k].norm()) for k in got) < 1e-6  # same packs: bitwise or nearly
 
 
 @pytest.mark.parametrize("args, message", [
@@ -156,3 +160,23 @@ def test_plan_steps_fills_the_budget():
     assert planned_adapter_steps(24, tune_mod.boundaries(s), policy) <= 10_000
     assert planned_adapter_steps(24, tune_mod.boundaries(s + 1), policy) > 10_000
     assert not math.isnan(s)
+
+
+def test_time_budget_is_the_calibrated_rate_times_the_time_left(assets, tmp_path, monkeypatch):
+    seen = {}
+
+    def calibrate(out, model, train, eval_file, ranks, lrs, targets, devices, kw):
+        return {"steps": 3, "configs": 24, "seconds": 0.0, "adapter_steps_per_s": 10.0}
+
+    def plan_steps(n_explore, budget, steps, policy):
+        seen["budget"] = budget
+        raise RuntimeError("stop after planning")
+
+    monkeypatch.setattr(tune_mod, "_calibrate", calibrate)
+    monkeypatch.setattr(tune_mod, "plan_steps", plan_steps)
+    model, data = assets
+    with pytest.raises(RuntimeError, match="stop after planning"):
+        loradial.tune(str(model), str(data), out=tmp_path / "t", time=1000, **{k: v for k, v in KW.items() if k != "steps"})
+    assert 0.8 * 10 * 900 < seen["budget"] <= 0.8 * 10 * 1000  # the rate x the time left x TIME_SAFETY
+    assert not (tmp_path / "t").exists()  # nothing left behind
+

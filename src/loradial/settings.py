@@ -135,7 +135,8 @@ class ConfigCostEntry(_Settings):
 class TunePolicy(_Settings):
     """How ``tune`` decides at the end of each rung (sweep.yaml's ``tune`` block; absent for a plain sweep).
 
-    Rung 1 (exploration): configs whose curve diagnose calls unstable or diverged stop; the best
+    Rung 1 (exploration): configs whose curve diagnose calls unstable or diverged, or whose eval loss is
+    above the base model's, stop; the best
     ``keep_fraction`` of the rest go on; refinements around the best join (learning rate half-way,
     geometrically, to each explored neighbour; rank one doubling either side), trained from step 0 to
     the rung's end. Later rungs: the best ``finalists`` go on. Ties: fewer parameters, then name."""
@@ -148,6 +149,8 @@ class TunePolicy(_Settings):
     """Add the refinement configs after the first rung."""
     max_refine: int = Field(4, ge=0)
     """At most this many refinement configs (the budget plan counts them)."""
+    base_eval_loss: Optional[float] = None
+    """The base model's eval loss (measured before the search): a config above it at a rung has diverged."""
 
 
 class SweepSettings(_Settings):

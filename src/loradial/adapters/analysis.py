@@ -35,7 +35,7 @@ from loradial.adapters.evaluate import check_scales, open_eval_session, saved_no
 from loradial.models.info import type_key
 from loradial.result import Result
 from loradial.settings import EVAL
-from loradial.adapters.spectrum import allocate_ranks, energy_fraction, energy_rank, factored_svd, spectrum_metrics
+from loradial.adapters.spectrum import Spectrum, allocate_ranks, energy_fraction, energy_rank, factored_svd, spectrum_metrics
 from loradial.spec import alpha_for_same_scale, layer_index
 
 #: matrices up to this many entries get an exact σ_max (full svdvals); larger ones use power iteration
@@ -43,25 +43,18 @@ EXACT_SIGMA_MAX_NUMEL = 4_000_000
 
 
 @dataclasses.dataclass
-class ModuleReport:
+class ModuleReport(Spectrum):
+    """One module of the adapter: where it sits, its shape and scale, and its ``Spectrum`` (the metrics
+    are defined once, in spectrum.py)."""
+
     name: str
     type: str
     layer: int | None
     kind: str
     d_in: int
     d_out: int
-    r: int
     alpha: float
     scale: float
-    singular_values: list[float]
-    energy_rank_90: int
-    energy_rank_95: int
-    energy_rank_99: int
-    stable_rank: float
-    effective_rank: float
-    utilization: float
-    frobenius_norm: float
-    spectral_norm: float
     relative_norm: float | None = None
     """‖ΔW‖_F / ‖W‖_F (with --base)."""
     relative_spectral_norm: float | None = None

@@ -110,6 +110,10 @@ def plan_cmd(
     exclude: Optional[str] = typer.Option(None, "--exclude", help="exclude_modules: comma list of names, or re:<regex>."),
     rank_pattern: Optional[str] = typer.Option(None, "--rank-pattern", help="'q_proj=4,v_proj=8' or a JSON object (regex keys, first match wins)."),
     alpha_pattern: Optional[str] = typer.Option(None, "--alpha-pattern", help="Like --rank-pattern, for lora_alpha."),
+    modules_to_save: Optional[str] = typer.Option(None, "--modules-to-save", help="PEFT modules_to_save, e.g. lm_head,embed_tokens (fully trained copies)."),
+    trainable_tokens: Optional[str] = typer.Option(None, "--trainable-tokens", help="PEFT trainable_token_indices: '0-9,42' or a JSON object {module: [ids]}."),
+    target_parameters: Optional[str] = typer.Option(None, "--target-parameters", help="PEFT target_parameters, e.g. mlp.experts.gate_up_proj (MoE experts)."),
+    bias: str = typer.Option("none", "--bias", help="PEFT bias: none, lora_only or all (trained biases)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Sequences per training step (memory estimate)."),
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence (memory estimate)."),
     dtype: str = typer.Option("bf16", "--dtype", help="Dtype of the frozen base: bf16, fp16 or fp32."),
@@ -133,7 +137,8 @@ def plan_cmd(
                 use_rslora=rslora, lora_bias=lora_bias, layers=layers, layers_pattern=layers_pattern, exclude=exclude,
                 rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, batch_size=batch_size, seq_len=seq_len,
                 dtype=dtype, quant=quant, gradient_checkpointing=gradient_checkpointing, attn_implementation=attn,
-                trust_remote_code=trust_remote_code,
+                trust_remote_code=trust_remote_code, modules_to_save=modules_to_save,
+                trainable_token_indices=trainable_tokens, target_parameters=target_parameters, bias=bias,
             )
         except LoradialError as err:  # the pattern parsers name the bad entry; say what a good one is
             if err.hint is None and err.message.startswith(("rank_pattern", "alpha_pattern", "pattern key")):

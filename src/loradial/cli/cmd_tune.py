@@ -41,6 +41,7 @@ def tune_cmd(
     out: opt.OutDir = None,
     budget: Optional[int] = typer.Option(None, "--budget", help="Compute budget in adapter-steps (one optimizer step of one config); fixes the step count unless --steps does."),
     steps: opt.Steps = None,
+    time: Optional[float] = typer.Option(None, "--time", help="Wall-clock budget in seconds instead of --budget (a short calibration run measures adapter-steps per second)."),
     eval_data: opt.EvalData = None,
     eval_fraction: opt.EvalFraction = 0.1,
     task: str = typer.Option("standard", "--task", help="recommend's task type for the start: style | standard | domain-shift | full-parity."),
@@ -77,7 +78,7 @@ def tune_cmd(
             return tune(out=resume, resume=True, devices=split_list(devices) or None, progress=True)
         if out is None:
             raise LoradialError("no output directory", "pass --out DIR (or --resume DIR to continue a tune)")
-        return tune(model, data, out=out, budget=budget, steps=steps, eval_data=eval_data, eval_fraction=eval_fraction,
+        return tune(model, data, out=out, budget=budget, steps=steps, time=time, eval_data=eval_data, eval_fraction=eval_fraction,
                     task=task, targets=targets, rank=rank, lr=lr, batch_size=batch_size, max_len=max_len,
                     grad_accum=grad_accum, dropout=dropout, packing=packing,
                     gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit, seed=seed,

@@ -58,6 +58,8 @@ from loradial.models.info import LINEAR_KINDS, ModelInfo, ModuleInfo
 from loradial.result import Result
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+#: Names a user may give for a dtype -> the canonical one.
+DTYPE_ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
 QUANTS = ("none", "8bit", "4bit")
 ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "eager")
 #: cuBLAS workspaces live in PyTorch's caching allocator, so they count in max_memory_allocated: one
@@ -148,18 +150,25 @@ def backward_transient(s: Shape, targeted, Bt: int, T: int, attn: str, quant: st
 
 
 # --- the estimate -----------------------------------------------------------------------------------
-def _validate(batch_size, seq_len, dtype, quant, attn, n_adapters, targeted) -> None:
-    for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("n_adapters", n_adapters)):
+def check_memory_args(batch_size, seq_len, dtype: str, quant: str, attn: str, n_adapters: int = 1) -> str:
+    """The one set of checks of the memory model's arguments (plan and the sweep's packer use it);
+    returns the canonical dtype ('float16' -> 'fp16')."""
+    for name, v in (("batch-size", batch_size), ("seq-len", seq_len), ("adapters", n_adapters)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise LoradialError(f"{name} must be a positive integer, got {v!r}", f"e.g. --{name.replace('_', '-')} 1")
-    if dtype not in DTYPE_BYTES:
+            raise LoradialError(f"--{name} must be a positive integer, got {v!r}", f"e.g. --{name} 1")
+    if dtype not in DTYPE_ALIASES:
         raise LoradialError(f"unknown dtype {dtype!r}", f"use one of {', '.join(DTYPE_BYTES)}")
     if quant not in QUANTS:
-        raise LoradialError(f"unknown quant {quant!r}", f"use one of {', '.join(QUANTS)}")
-    if quant != "none" and dtype == "fp32":
+        raise LoradialError(f"unknown quantization {quant!r}", f"use one of {', '.join(QUANTS)}")
+    if quant != "none" and DTYPE_ALIASES[dtype] == "fp32":
         raise LoradialError("--quant needs a 16-bit --dtype", "bitsandbytes computes in bf16 or fp16: use --dtype bf16")
     if attn not in ATTENTION:
         raise LoradialError(f"unknown attention implementation {attn!r}", f"use one of {', '.join(ATTENTION)}")
+    return DTYPE_ALIASES[dtype]
+
+
+def _validate(batch_size, seq_len, dtype, quant, attn, n_adapters, targeted) -> None:
+    check_memory_args(batch_size, seq_len, dtype, quant, attn, n_adapters)
     if not targeted:
         raise LoradialError("no targeted modules", "pass the (module, rank) pairs the targets matched")
     for m, r in targeted:

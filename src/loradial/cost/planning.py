@@ -15,6 +15,7 @@ import math
 from typing import Any, Sequence
 
 from loradial.cost import params as cost
+from loradial.cost.memory import check_memory_args, estimate_training_memory
 from loradial.errors import LoradialError
 from loradial.models.info import ModelInfo
 from loradial.models.resolve import inspect_model
@@ -25,9 +26,6 @@ from loradial.models.targets import match, resolve_targets
 DEFAULT_MODEL = "llama-2-7b"
 DEFAULT_RANKS = (8, 16, 64, 256)
 DEFAULT_TARGETS = ("attention", "all-linear")
-DTYPES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
-QUANTS = ("none", "8bit", "4bit")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
 FORMULAS = {
     "trainable_params": "sum over wrapped modules: r*(d_in+d_out) (linear, conv1d, conv with d_in=in*prod(kernel)); "
@@ -176,28 +174,6 @@ def parse_exclude(text: str | list[str] | None) -> str | list[str] | None:
     return [e.strip() for e in text.split(",") if e.strip()] or None
 
 
-def _check_memory_args(batch_size: int, seq_len: int, dtype: str, quant: str, attn: str) -> str:
-    for name, value in (("batch size", batch_size), ("sequence length", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise LoradialError(f"{name} must be a positive integer, got {value!r}", "use e.g. --batch-size 4 --seq-len 1024")
-    if dtype not in DTYPES:
-        raise LoradialError(f"unknown dtype {dtype!r}", f"one of {', '.join(sorted(set(DTYPES.values())))}")
-    if quant not in QUANTS:
-        raise LoradialError(f"unknown quantization {quant!r}", f"one of {', '.join(QUANTS)}")
-    if attn not in ATTN_IMPLEMENTATIONS:
-        raise LoradialError(f"unknown attention implementation {attn!r}", f"one of {', '.join(ATTN_IMPLEMENTATIONS)}")
-    return DTYPES[dtype]
-
-
-def _memory_model():
-    """loradial.memory.estimate_training_memory, or None while that module is not installed."""
-    try:
-        from loradial.cost.memory import estimate_training_memory
-    except ImportError:
-        return None
-    return estimate_training_memory
-
-
 def _check_ranks(ranks: Sequence[int]) -> list[int]:
     ranks = [ranks] if isinstance(ranks, int) else list(ranks)
     if not ranks:
@@ -254,7 +230,7 @@ def plan(
         raise LoradialError("no target set given", "use e.g. --targets q_proj,v_proj --targets all-linear")
     if alpha is not None and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0 and math.isfinite(alpha)):
         raise LoradialError(f"alpha must be a positive number, got {alpha!r}", "use e.g. --alpha 16")
-    mem_dtype = _check_memory_args(batch_size, seq_len, dtype, quant, attn_implementation)
+    mem_dtype = check_memory_args(batch_size, seq_len, dtype, quant, attn_implementation)
     layer_list = parse_layers(layers)
     r_pattern, a_pattern = parse_pattern(rank_pattern, int, "rank_pattern"), parse_pattern(alpha_pattern, float, "alpha_pattern")
     exclude_modules = parse_exclude(exclude)
@@ -262,7 +238,6 @@ def plan(
                  trainable_token_indices=parse_token_indices(trainable_token_indices),
                  target_parameters=parse_names(target_parameters, "target_parameters"), bias=_check_bias(bias))
     info = model if isinstance(model, ModelInfo) else inspect_model(model, trust_remote_code=trust_remote_code)
-    estimate = _memory_model()
     mem_kw = dict(use_dora=use_dora, batch_size=batch_size, seq_len=seq_len, dtype=mem_dtype, quant=quant,
                   gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation)
     rows: list[PlanRow] = []
@@ -271,16 +246,16 @@ def plan(
             spec = make_spec(info, text, r, alpha=alpha, use_dora=use_dora, use_rslora=use_rslora,
                              lora_bias=lora_bias, layers=layer_list, layers_pattern=layers_pattern, exclude=exclude,
                              rank_pattern=r_pattern, alpha_pattern=a_pattern, **extra)
-            rows.append(_row(spec, text, info, estimate, mem_kw))
+            rows.append(_row(spec, text, info, mem_kw))
     settings = {
         "ranks": ranks, "targets": target_sets, "alpha": alpha, "use_dora": use_dora, "use_rslora": use_rslora,
         "lora_bias": lora_bias, "layers_to_transform": layer_list, "layers_pattern": layers_pattern,
         "exclude_modules": exclude_modules, "rank_pattern": r_pattern, "alpha_pattern": a_pattern,
         "batch_size": batch_size, "seq_len": seq_len, "dtype": mem_dtype, "quant": quant,
         "gradient_checkpointing": gradient_checkpointing, "attn_implementation": attn_implementation,
-        "memory_model": estimate is not None, **extra,
+        **extra,
     }
-    return PlanResult(info.summary(), settings, rows, dict(FORMULAS), _notes(info, rows, estimate))
+    return PlanResult(info.summary(), settings, rows, dict(FORMULAS), _notes(info, rows))
 
 
 def make_spec(
@@ -406,13 +381,11 @@ def _check_bias(bias: str | None) -> str:
     return bias
 
 
-def _row(spec: LoraSpec, text: str, info: ModelInfo, estimate, mem_kw: dict[str, Any]) -> PlanRow:
+def _row(spec: LoraSpec, text: str, info: ModelInfo, mem_kw: dict[str, Any]) -> PlanRow:
     tg, pairs, aux = targeting(spec, info)
     n = cost.trainable_params(pairs, spec.use_dora, spec.lora_bias) + auxiliary_total(aux)
-    peak, breakdown = None, {}
-    if estimate is not None:
-        est = estimate(info, pairs, **mem_kw)
-        peak, breakdown = int(est.total_bytes), {k: int(v) for k, v in est.breakdown.items()}
+    est = estimate_training_memory(info, pairs, **mem_kw)
+    peak, breakdown = int(est.total_bytes), {k: int(v) for k, v in est.breakdown.items()}
     return PlanRow(
         rank=spec.r,
         targets=text,
@@ -436,10 +409,8 @@ def _row(spec: LoraSpec, text: str, info: ModelInfo, estimate, mem_kw: dict[str,
     )
 
 
-def _notes(info: ModelInfo, rows: list[PlanRow], estimate) -> list[str]:
+def _notes(info: ModelInfo, rows: list[PlanRow]) -> list[str]:
     notes: list[str] = []
-    if estimate is None:
-        notes.append("memory model not installed (loradial.memory): peak_memory_bytes is null")
     unused = {(kind, key) for row in rows for kind, keys in row.unused_pattern_keys.items() for key in keys}
     for kind, key in sorted(unused):
         every = all(key in row.unused_pattern_keys[kind] for row in rows)
@@ -451,13 +422,13 @@ def _notes(info: ModelInfo, rows: list[PlanRow], estimate) -> list[str]:
         how = ("name them with their transformers-v4 names (e.g. --targets mlp)" if info.model_type in MOE_CONVERTED
                else f"PEFT 0.21's target_modules do not reach them on {info.model_type}")
         notes.append(f"the {len(experts)} fused MoE expert parameters are not targeted: {how}")
-    if estimate is not None and any(row.target_parameters for row in rows):
+    if any(row.target_parameters for row in rows):
         notes.append("the memory model does not yet account for ParamWrapper (MoE expert) adapters: peak_memory_bytes "
                      "of rows with target_parameters is a lower bound")
     if any(row.target_parameters for row in rows):
         notes.append("MoE experts are wrapped by PEFT's ParamWrapper via its transformers-v5 config conversion: a fused "
                      "gate_up_proj gets rank 2r and alpha 2*alpha; layers_to_transform and exclude_modules do not apply to them")
-    if estimate is not None and any(row.auxiliary_params for row in rows):
+    if any(row.auxiliary_params for row in rows):
         notes.append("the memory model counts LoRA factors only: modules_to_save copies, trained token rows and biases "
                      "(in trainable_params) add their weights, gradients and optimizer states on top of peak_memory_bytes")
     if info.tied_embeddings and any(m["kind"] == "embedding" for row in rows for m in row.modules):

@@ -61,9 +61,10 @@ class AdapterConfig:
                               schedule=self.schedule, warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio,
                               max_grad_norm=self.max_grad_norm)  # the one set of checks
         s = self.spec
-        if s.lora_bias or s.bias != "none" or s.modules_to_save:
+        if (s.lora_bias or s.bias != "none" or s.modules_to_save or s.trainable_token_indices
+                or s.target_parameters):
             raise LoradialError("the engine trains LoRA factors (and DoRA magnitudes) only",
-                                "drop lora_bias / bias / modules_to_save from the config")
+                                "drop lora_bias / bias / modules_to_save / trainable_token_indices / target_parameters")
         if s.target_modules is None:
             raise LoradialError(f"adapter {self.name!r} has no target modules", "use e.g. --targets all-linear")
 

@@ -149,6 +149,7 @@ def tune(
     out: str | Path,
     budget: int | None = None,
     steps: int | None = None,
+    time: float | None = None,
     eval_data: str | None = None,
     eval_fraction: float = 0.1,
     task: str = "standard",
@@ -175,9 +176,11 @@ def tune(
     """Find the best rank / alpha / learning rate / scaling on ``data`` within ``budget`` adapter-steps.
 
     ``rank`` / ``lr`` override recommend's start; ``steps`` fixes the full step count (else the
-    budget does). ``resume=True`` continues the tune in ``out`` (every other argument is ignored)."""
-    from loradial.sweeps.api import sweep
-    from loradial.sweeps.state import check_new_sweep_dir
+    budget does). ``time`` (seconds of wall clock) stands in for ``budget``: a short calibration run of
+    the exploration grid measures adapter-steps per second (model load and eval included, so it errs
+    low), and the budget is that rate × the time left × ``TIME_SAFETY``. ``resume=True`` continues the
+    tune in ``out`` (every other argument is ignored)."""
+    from loradial.sweeps.state import SweepDir, claim_new_dir
 
     t0 = _time.time()
     out = Path(out)
@@ -185,51 +188,122 @@ def tune(
     if resume:
         if not (out / PLAN_FILE).is_file():
             raise LoradialError(f"{out} holds no tune", "pass the --out directory of an earlier `loradial tune`")
-        plan = read_json(out / PLAN_FILE, "tune plan")
-        say("resuming the search")
-        res = sweep(out=out / "search", resume=True, devices=devices, progress=progress)
-        return _finish(out, plan, res, t0, resumed=True, rank_check=plan.get("rank_check", True), say=say)
-
+        td = SweepDir(out)
+        td.lock(starting="tune")
+        try:
+            plan = read_json(out / PLAN_FILE, "tune plan")
+            say("resuming the search")
+            res = _search(out, plan, resume=True, devices=devices, progress=progress)
+            return _finish(out, plan, res, t0, resumed=True, rank_check=plan.get("rank_check", True), say=say)
+        finally:
+            td.unlock()
     if model is None or data is None:
         raise LoradialError("model and data are required", "pass --model DIR and --data FILE (or --resume DIR)")
-    check_new_sweep_dir(out)  # absent or empty: nothing is written before every check passed
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise LoradialError(f"--budget must be a positive integer (adapter-steps), got {budget!r}", "e.g. --budget 2000")
-    start = _start(model, data, task, rank, lr, max_len)
-    ranks, lrs = explore_grid(start["r"], start["learning_rate"])
-    policy = TunePolicy()
-    n_explore = len(ranks) * len(lrs) * 2
-    n_steps = plan_steps(n_explore, budget, steps, policy)
+    if (out / PLAN_FILE).exists():
+        raise LoradialError(f"{out} already holds a tune", f"continue it with `loradial tune --resume {out}`, or choose a new --out")
+    with claim_new_dir(out, "tune") as td:  # locked from here: a concurrent tune into `out` exits 2
+        start = _start(model, data, task, rank, lr, max_len)
+        ranks, lrs = explore_grid(start["r"], start["learning_rate"])
+        n_explore = len(ranks) * len(lrs) * 2
+        if time is not None and budget is not None:
+            raise LoradialError("give --time or --budget, not both", "--time SECONDS derives the budget by calibration")
+        if time is not None and not (isinstance(time, (int, float)) and math.isfinite(time) and time > 0):
+            raise LoradialError(f"--time must be a positive number of seconds, got {time!r}", "e.g. --time 3600")
+        if time is None:
+            n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
+        sweep_kw = dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
+                        dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
+                        dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
+        try:
+            train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
+            base_loss = _base_eval_loss(model, eval_file, max_len, 2 * batch_size, trust_remote_code)
+            calibration = None
+            if time is not None:
+                calibration = _calibrate(out, model, train_file, eval_file, ranks, lrs, targets, devices, sweep_kw)
+                budget = int(calibration["adapter_steps_per_s"] * (time - (_time.time() - t0)) * TIME_SAFETY)
+                calibration["budget"] = budget
+                say(f"calibration: {calibration['adapter_steps_per_s']:.2f} adapter-steps/s over "
+                    f"{calibration['seconds']:.0f} s -> a budget of {budget:,} adapter-steps for {time:g} s")
+                n_steps = plan_steps(n_explore, budget, steps, TunePolicy())
+        except BaseException:
+            shutil.rmtree(out / "data", ignore_errors=True)
+            shutil.rmtree(out / "calibration", ignore_errors=True)
+            raise
+    policy = TunePolicy(base_eval_loss=base_loss)
+    bounds = boundaries(n_steps)
     from loradial.sweeps.tuning import planned_adapter_steps
 
-    bounds = boundaries(n_steps)
     planned = planned_adapter_steps(n_explore, bounds, policy)
-    train_file, eval_file = _split(data, eval_data, eval_fraction, seed, out)
     plan = {"model": str(model), "train": train_file, "eval": eval_file, "start": start, "ranks": ranks, "lrs": lrs,
             "variants": ["lora", "rslora"], "targets": targets, "steps": n_steps, "boundaries": bounds,
             "budget": budget if budget is not None else planned, "planned_adapter_steps": planned,
             "policy": policy.model_dump(), "rank_check": rank_check, "max_len": max_len,
-            "eval_batch_size": 2 * batch_size, "trust_remote_code": trust_remote_code}
-    atomic_write_json(out / PLAN_FILE, plan)
-    say(f"start: r={start['r']}, lr={start['learning_rate']:g} ({start['source']}); explore {n_explore} configs "
-        f"(ranks {ranks} x lr {lrs} x lora/rslora) to step {bounds[0]}, refine to {bounds[1]}, "
-        f"continue the best {policy.finalists} to {n_steps}: at most {planned:,} adapter-steps")
+            "eval_batch_size": 2 * batch_size, "trust_remote_code": trust_remote_code, "sweep": sweep_kw,
+            "time": time, "calibration": calibration}
     try:
-        res = sweep(model, train_file, out=out / "search", ranks=ranks, alphas="ratio:1", variants=["lora", "rslora"],
-                    targets=[targets], lrs=lrs, steps=n_steps, batch_size=batch_size, max_len=max_len,
-                    eval_data=eval_file, eval_fraction=0.0, eval_every=eval_every, halving=True,
-                    halving_at=[b / n_steps for b in bounds[:-1]], gpu_memory=gpu_memory, devices=devices,
-                    dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
-                    dropout=dropout, packing=packing, load_in_4bit=load_in_4bit,
-                    trust_remote_code=trust_remote_code, tune=policy, progress=progress)
+        atomic_write_json(out / PLAN_FILE, plan)
+        say(f"start: r={start['r']}, lr={start['learning_rate']:g} ({start['source']}); explore {n_explore} configs "
+            f"(ranks {ranks} x lr {lrs} x lora/rslora) to step {bounds[0]}, refine to {bounds[1]}, "
+            f"continue the best {policy.finalists} to {n_steps}: at most {planned:,} adapter-steps")
+        res = _search(out, plan, resume=False, devices=devices, progress=progress)
+        return _finish(out, plan, res, t0, resumed=False, rank_check=rank_check, say=say)
     except BaseException:
-        if not (out / "search").exists():  # the search never started: leave no half-made output
+        if not (out / "search" / "sweep.yaml").exists():  # the search never started: leave nothing behind
             (out / PLAN_FILE).unlink(missing_ok=True)
             shutil.rmtree(out / "data", ignore_errors=True)
+            shutil.rmtree(out / "search", ignore_errors=True)
+            (out / ".lock").unlink(missing_ok=True)
+            td.unlock()
             if out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
         raise
-    return _finish(out, plan, res, t0, resumed=False, rank_check=rank_check, say=say)
+    finally:
+        td.unlock()
+
+
+def _search(out: Path, plan: dict[str, Any], *, resume: bool, devices, progress: bool):
+    """The search: one sweep directory with the tune policy at its rung ends (out/search)."""
+    from loradial.sweeps.api import sweep
+
+    if resume:
+        return sweep(out=out / "search", resume=True, devices=devices, progress=progress)
+    bounds, n_steps = plan["boundaries"], plan["steps"]
+    return sweep(plan["model"], plan["train"], out=out / "search", ranks=plan["ranks"], alphas="ratio:1",
+                 variants=plan["variants"], targets=[plan["targets"]], lrs=plan["lrs"], steps=n_steps,
+                 eval_data=plan["eval"], eval_fraction=0.0, halving=True, halving_at=[b / n_steps for b in bounds[:-1]],
+                 devices=devices, tune=TunePolicy(**plan["policy"]), progress=progress, **plan["sweep"])
+
+
+CALIBRATION_STEPS = 3
+TIME_SAFETY = 0.8
+"""Share of the measured rate a --time budget plans with (the rank check and reporting come on top)."""
+
+
+def _calibrate(out: Path, model: str, train_file: str, eval_file: str, ranks: list[int], lrs: list[float],
+               targets: str, devices, sweep_kw: dict[str, Any]) -> dict[str, Any]:
+    """Adapter-steps per second of the exploration grid on this machine: the whole grid trained for a few
+    steps in a scratch sweep (model load and one eval included, so the rate errs low), then removed."""
+    from loradial.sweeps.api import sweep
+
+    t0 = _time.time()
+    sweep(model, train_file, out=out / "calibration", ranks=ranks, alphas="ratio:1", variants=["lora", "rslora"],
+          targets=[targets], lrs=lrs, steps=CALIBRATION_STEPS, eval_data=eval_file, eval_fraction=0.0,
+          devices=devices, **sweep_kw)
+    seconds = _time.time() - t0
+    shutil.rmtree(out / "calibration", ignore_errors=True)
+    n = len(ranks) * len(lrs) * 2
+    return {"steps": CALIBRATION_STEPS, "configs": n, "seconds": round(seconds, 2),
+            "adapter_steps_per_s": n * CALIBRATION_STEPS / seconds}
+
+
+def _base_eval_loss(model: str, eval_file: str, max_len: int, batch_size: int, trust_remote_code: bool) -> float:
+    """The base model's eval loss on the eval records (one pass): a config that ends a rung above it diverged."""
+    from loradial.adapters.evaluate import open_eval_session
+
+    return float(open_eval_session(model, eval_file, max_len=max_len, batch_size=batch_size,
+                                   trust_remote_code=trust_remote_code).evaluate()[0])
 
 
 def _sayer(progress: bool):
@@ -286,7 +360,7 @@ def _finish(out: Path, plan: dict[str, Any], res, t0: float, *, resumed: bool, r
         exports[fmt] = str(path)
     decisions = res.decisions or []
     stages = _stages(plan, configs, decisions)
-    base = check.get("base_eval_loss") if check else None
+    base = (check or {}).get("base_eval_loss") or plan["policy"].get("base_eval_loss")
     result = TuneResult(
         out=str(out), best_adapter=str(best_dir),
         best_config={k: best.get(k) for k in ("name", "r", "lora_alpha", "use_rslora", "use_dora", "target_modules",

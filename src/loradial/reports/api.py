@@ -25,7 +25,7 @@ class ReportResult(Result):
 
     path: str
     sections: list[str]
-    """Rendered sections, in order: a subset of 'sweep', 'analysis', 'plan'."""
+    """Rendered sections, in order: a subset of 'tune', 'sweep', 'analysis', 'plan'."""
     charts: int = 0
     """Number of charts (inline SVG figures) in the report."""
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -55,10 +55,27 @@ def report(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Repo
             "point at a sweep directory, or save `loradial analyze ... --json` as analysis.json "
             "(or `loradial plan ... --json` as plan.json) in the directory",
         )
-    html, sections, charts = render_html(root, sweep, analysis, plan, notes)
+    tune = _read_tune(root, notes)
+    html, sections, charts = render_html(root, sweep, analysis, plan, notes, tune)
     inputs = [*(sweep.files if sweep else []), *([str(analysis.path)] if analysis else []),
               *([analysis.scale_source] if analysis and analysis.scale_source and analysis.scale_source != str(analysis.path) else []),
               *([str(plan.path)] if plan else [])]
-    check_out_not_overlapping(target, [("directory", root), *(("input", i) for i in inputs)], out_is_file=True)
+    check_out_not_overlapping(target, [("directory", root), ("tune.json", root / "tune.json"),
+                                       *(("input", i) for i in inputs)], out_is_file=True)
     atomic_write_text(target, html)
     return ReportResult(str(target), sections, charts, notes, inputs)
+
+
+def _read_tune(root: Path, notes: list[str]) -> dict | None:
+    """tune.json of a `loradial tune` directory (its 'Why this config' section), if there is one."""
+    import json
+
+    path = root / "tune.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        notes.append(f"tune.json could not be read ({type(e).__name__}); 'Why this config' not shown.")
+        return None
+    return data if isinstance(data, dict) else None

@@ -278,7 +278,31 @@ def headline(sw: SweepData | None, an: AnalysisData | None, pl: PlanData | None)
     return cards
 
 
-def render_html(root: Path, sw: SweepData | None, an: AnalysisData | None, pl: PlanData | None, notes: list[str]) -> tuple[str, list[str], int]:
+def tune_section(tune: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """'Why this config': tune's answer, its reasons, the stages and every rung-end decision (tune.json)."""
+    best = tune.get("best_config")
+    if not isinstance(best, dict):
+        return None
+    used, grid = tune.get("adapter_steps_used"), tune.get("adapter_steps_grid")
+    answer = (f"r = {best.get('r')}, lora_alpha = {_scalar(best.get('lora_alpha'))}, "
+              f"{'rsLoRA' if best.get('use_rslora') else 'LoRA'}, learning rate {_scalar(best.get('learning_rate'))}"
+              f" — eval loss {_scalar(tune.get('best_eval_loss'))}"
+              + (f" (base model {_scalar(tune.get('base_eval_loss'))})" if tune.get("base_eval_loss") is not None else ""))
+    compute = (f"{fmt_int(used)} adapter-steps, {100 * used / grid:.0f} % of the exhaustive grid ({fmt_int(grid)})"
+               if isinstance(used, int) and isinstance(grid, int) and grid else None)
+    stages = [[st.get("stage", ""), str(len(st.get("configs") or [])),
+               "–".join(str(x) for x in st.get("steps") or []),
+               f"{len(st.get('kept') or [])} kept, {len(st.get('stopped') or [])} stopped" if "kept" in st else
+               str(st.get("from") or st.get("source") or "")] for st in tune.get("stages") or []]
+    decisions = [[str(d.get("rung")), str(d.get("config")), str(d.get("action")), _scalar(d.get("eval_loss")),
+                  _clip(str(d.get("reason") or ""))] for d in tune.get("decisions") or []]
+    return {"id": "tune", "title": "Why this config", "source": path.name, "answer": answer, "compute": compute,
+            "why": [str(w) for w in tune.get("why") or []], "adapter": tune.get("best_adapter"),
+            "stages": stages, "decisions": decisions}
+
+
+def render_html(root: Path, sw: SweepData | None, an: AnalysisData | None, pl: PlanData | None, notes: list[str],
+                tune: dict[str, Any] | None = None) -> tuple[str, list[str], int]:
     """Return (html, rendered section ids, number of charts)."""
     import jinja2
 
@@ -286,7 +310,8 @@ def render_html(root: Path, sw: SweepData | None, an: AnalysisData | None, pl: P
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    sections = [s for s in (sweep_section(sw) if sw else None, analysis_section(an) if an else None,
+    sections = [s for s in (tune_section(tune, root / "tune.json") if tune else None,
+                            sweep_section(sw) if sw else None, analysis_section(an) if an else None,
                             plan_section(pl) if pl else None) if s]
     n_charts = 0
     for s in sections:

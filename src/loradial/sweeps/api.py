@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from loradial.errors import LoradialError
 from loradial.sweeps.results import SweepResult
 from loradial.settings import DEFAULT, SweepSettings, TrainSettings, TunePolicy
-from loradial.sweeps.state import SweepDir, check_new_sweep_dir, create_sweep_dir, open_sweep_dir
+from loradial.sweeps.state import SweepDir, claim_new_dir, create_sweep_dir, open_sweep_dir
 
 
 def sweep(
@@ -98,20 +98,19 @@ def sweep(
         sd.lock()
         ctx = sweep_setup.load_context(settings, devices, ray, ray_workers)
     else:
-        sd = check_new_sweep_dir(out)
-        train = TrainSettings.checked("flags", batch_size=batch_size, max_len=max_len, dtype=dtype, seed=seed,
-                                      gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
-                                      dropout=dropout, packing=packing, load_in_4bit=load_in_4bit,
-                                      trust_remote_code=trust_remote_code)
-        settings, ctx = sweep_setup.resolve(
-            model=model, data=data, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
-            lr_rank_exponent=lr_rank_exponent, seeds=seeds, grid=grid, steps=steps, epochs=epochs,
-            eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every, halving=halving,
-            halving_at=halving_at, gpu_memory=gpu_memory, devices=devices, pack_size=pack_size,
-            checkpoint_every=checkpoint_every, train=train, ray=ray, ray_workers=ray_workers, tune=tune,
-        )
-        create_sweep_dir(sd, settings.to_yaml(), sweep_runner.initial_state(settings))
-        sd.lock()
+        with claim_new_dir(out) as sd:  # locked from here: a concurrent start into `out` exits 2
+            train = TrainSettings.checked("flags", batch_size=batch_size, max_len=max_len, dtype=dtype, seed=seed,
+                                          gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
+                                          dropout=dropout, packing=packing, load_in_4bit=load_in_4bit,
+                                          trust_remote_code=trust_remote_code)
+            settings, ctx = sweep_setup.resolve(
+                model=model, data=data, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
+                lr_rank_exponent=lr_rank_exponent, seeds=seeds, grid=grid, steps=steps, epochs=epochs,
+                eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every, halving=halving,
+                halving_at=halving_at, gpu_memory=gpu_memory, devices=devices, pack_size=pack_size,
+                checkpoint_every=checkpoint_every, train=train, ray=ray, ray_workers=ray_workers, tune=tune,
+            )
+            create_sweep_dir(sd, settings.to_yaml(), sweep_runner.initial_state(settings))
     from loradial.sweeps.segment import release
 
     try:

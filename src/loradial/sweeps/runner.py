@@ -143,7 +143,7 @@ def halve(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: in
     """The rung-end decision: plain successive halving (stop the worse half, compared at the same step),
     or ``tune``'s policy (``sweeps/tuning.py``: stop unstable and behind configs, add refinements).
     Returns the settings, which hold the added configs (sweep.yaml is rewritten before state.json)."""
-    alive = [n for n in settings.names if state["configs"][n]["status"] == "alive"]
+    alive = [n for n in settings.names if state["configs"].get(n, {}).get("status") == "alive"]
     step = settings.halving_boundaries[rung]
     losses = {n: state["configs"][n]["eval_loss"] for n in alive}
     if settings.tune is None:
@@ -158,7 +158,8 @@ def halve(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: in
         from loradial.sweeps.tuning import decide
 
         lines = [ln for ln in sd.read_metrics() if ln.get("adapter") in losses]
-        decision = decide(rung, settings.tune, settings.configs, alive, losses, verdicts(lines), step)
+        known = [c for c in settings.configs if c.name in state["configs"]]  # a replayed decision sees what the first saw
+        decision = decide(rung, settings.tune, known, alive, losses, verdicts(lines), step)
         settings, added = add_configs(sd, settings, ctx, decision.add)  # idempotent: a re-decision adds nothing twice
         fault(f"added:{rung}")
         for name in added:
@@ -185,7 +186,7 @@ def run(sd: SweepDir, settings: SweepSettings, ctx: Any, progress: bool = False)
     bounds = settings.halving_boundaries
     for rung in range(state["rung"], len(bounds)):
         if len(state["rung_packs"]) <= rung:
-            alive = [n for n in settings.names if state["configs"][n]["status"] == "alive"]
+            alive = [n for n in settings.names if state["configs"].get(n, {}).get("status") == "alive"]
             state["rung_packs"].append(_packs_for(settings, alive, state))
             sd.write_state(state)
         jobs = segment_jobs(sd, settings, state, rung)

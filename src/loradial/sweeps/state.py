@@ -10,8 +10,9 @@ Layout of a sweep directory::
     work/               per-config training checkpoints and the running packs' own logs
     results.json        written last
 
-The directory appears in one rename with sweep.yaml and state.json already inside, so a directory
-without sweep.yaml is never a sweep. ``state.json`` records, per config, the step its checkpoint
+A new sweep first claims its directory (created, or taken empty) and locks it before any slow setup,
+so two runs started into the same ``--out`` at once never both run: the second exits 2. sweep.yaml is
+written last, in one rename, so a directory without sweep.yaml is never a sweep. ``state.json`` records, per config, the step its checkpoint
 holds and its status; and the byte length of metrics.jsonl after the last event, so that a resumed
 sweep first cuts metrics.jsonl back to that length (dropping lines of a segment that was killed)
 and then replays exactly the steps that were lost.
@@ -19,17 +20,18 @@ and then replays exactly the steps that were lost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from loradial.errors import LoradialError
 from loradial.settings import SweepSettings
-from loradial.io import atomic_dir, atomic_write_json, atomic_write_text
+from loradial.io import atomic_write_json, atomic_write_text
 
 STATE_VERSION = 1
 MARKER = "sweep.yaml"
@@ -129,7 +131,7 @@ class SweepDir:
     def clean_work(self) -> None:
         shutil.rmtree(self.root / "work", ignore_errors=True)
 
-    def lock(self) -> None:
+    def lock(self, starting: str | None = None) -> None:
         """Hold an exclusive lock on the sweep for this process's life (released by the OS on any exit,
         kill -9 included), so two processes never run the same sweep at once."""
         import fcntl
@@ -139,6 +141,9 @@ class SweepDir:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
+            if starting:
+                raise LoradialError(f"another {starting} is starting or running in {self.root}",
+                                    "choose another --out, or wait for that run to end") from None
             raise LoradialError(f"sweep {self.root} is running in another process",
                                 "wait for it to end (or stop it) before resuming") from None
         _LOCKS[str(self.root.resolve())] = fd
@@ -155,14 +160,43 @@ _LOCKS: dict[str, int] = {}
 def check_new_sweep_dir(path: str | os.PathLike) -> SweepDir:
     """The output of a new sweep: absent or empty. A finished or running sweep asks for --resume."""
     root = Path(path)
+    if str(path) == "":
+        raise LoradialError("--out is empty", "give a directory, e.g. --out runs/sweep1")
     if root.exists() and not root.is_dir():
         raise LoradialError(f"output path {root} exists and is a file", "choose a new directory with --out")
-    if root.is_dir() and any(root.iterdir()):
+    if root.is_dir() and [p for p in root.iterdir() if p.name != ".lock"]:
         if (root / MARKER).exists():
             raise LoradialError(f"{root} already holds a sweep", f"continue it with `loradial sweep --resume {root}`, or choose a new --out")
         raise LoradialError(f"output directory {root} exists and is not a sweep directory",
                             "choose a new (or empty) directory with --out")
     return SweepDir(root)
+
+
+@contextlib.contextmanager
+def claim_new_dir(path: str | os.PathLike, what: str = "sweep") -> Iterator[SweepDir]:
+    """Take a new output directory for this process before any slow setup: create it (or take an empty
+    one) and hold its lock from that moment, so a second run started at the same time into the same
+    ``--out`` gets a clean exit 2 and never replaces this one's files. If the body raises while the
+    directory holds nothing but the lock, the claim is undone (a directory this call made is removed)."""
+    root = Path(path)
+    if not (root / ".lock").exists():  # a directory no loradial run has locked: check it before touching it
+        check_new_sweep_dir(root)
+    sd = SweepDir(root)
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    sd.lock(starting=what)  # fails (exit 2) when another run holds it: then nothing here is touched
+    try:
+        check_new_sweep_dir(sd.root)  # again, under the lock: a run that got here first has written its files
+        yield sd
+    except BaseException:
+        if sorted(p.name for p in sd.root.iterdir()) == [".lock"]:
+            (sd.root / ".lock").unlink(missing_ok=True)
+            sd.unlock()
+            if created:
+                sd.root.rmdir()
+        else:
+            sd.unlock()
+        raise
 
 
 def open_sweep_dir(path: str | os.PathLike) -> SweepDir:
@@ -175,8 +209,8 @@ def open_sweep_dir(path: str | os.PathLike) -> SweepDir:
 
 
 def create_sweep_dir(sd: SweepDir, settings_yaml: str, state: dict[str, Any]) -> None:
-    """Create the directory in one rename, with sweep.yaml, state.json and an empty metrics.jsonl."""
-    with atomic_dir(sd.root, overwrite=True) as tmp:
-        atomic_write_text(tmp / MARKER, settings_yaml)
-        atomic_write_json(tmp / "state.json", state)
-        (tmp / "metrics.jsonl").touch()
+    """Write a claimed directory's files: state.json and an empty metrics.jsonl, then sweep.yaml last
+    (one atomic rename), so a directory whose sweep.yaml exists is always a whole sweep."""
+    atomic_write_json(sd.state_path, state)
+    sd.metrics_path.touch()
+    atomic_write_text(sd.root / MARKER, settings_yaml)

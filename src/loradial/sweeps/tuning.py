@@ -6,7 +6,8 @@ sweep killed mid-decision and resumed decides the same again (``runner.decide`` 
 
 Rung 1 (the exploration grid, trained at once to the first boundary):
   1. a config whose curve is ``unstable`` or ``diverged`` (diagnose's rules: non-finite loss, loss
-     above where it started with exploding gradient norms, spikes) stops, whatever its eval loss;
+     above where it started with exploding gradient norms, spikes), or whose eval loss is above the base
+     model's (measured once before the search), stops, whatever its rank among the others;
   2. the best ``keep_fraction`` of the rest (at least ``finalists``) go on, ranked by eval loss at the
      same step (ties: fewer trainable parameters, then name); the others stop as "behind";
   3. refinements around the best config join, trained from step 0 to the same boundary: its learning
@@ -79,10 +80,13 @@ def _geo_mid(a: float, b: float) -> float:
     return float(f"{math.sqrt(a * b):.3g}")
 
 
-def refinements(best: SweepConfigEntry, configs: Sequence[SweepConfigEntry], limit: int) -> list[NewConfig]:
-    """Around ``best``: lr half-way (geometric) to each explored neighbour, rank one doubling either side."""
+def refinements(best: SweepConfigEntry, configs: Sequence[SweepConfigEntry], limit: int,
+                healthy: Sequence[str] | None = None) -> list[NewConfig]:
+    """Around ``best``: lr half-way (geometric) to each explored neighbour whose configs did not diverge,
+    rank one doubling either side."""
     same = [c for c in configs if c.variant == best.variant and c.targets == best.targets]
-    lrs = sorted({c.learning_rate for c in same})
+    ok = set(healthy) if healthy is not None else {c.name for c in same}
+    lrs = sorted({c.learning_rate for c in same if c.name in ok} | {best.learning_rate})
     i = lrs.index(best.learning_rate)
     taken = {(c.r, c.learning_rate) for c in same}
     alpha_ratio = best.lora_alpha / best.r
@@ -111,10 +115,14 @@ def decide(rung: int, policy: TunePolicy, configs: Sequence[SweepConfigEntry], a
                         "eval_loss": eval_loss.get(name), "verdict": verdict.get(name)})
 
     healthy = []
+    base = policy.base_eval_loss
     for n in alive:
         v, loss = verdict.get(n), eval_loss.get(n)
         if v in STOP_VERDICTS or loss is None or not math.isfinite(loss):
-            record(n, "stopped", f"curve is {v or 'not finite'}: stopped early, whatever its eval loss")
+            record(n, "stopped", f"curve is {v if v in STOP_VERDICTS else 'diverged (eval loss not finite)'}: "
+                                 "stopped early, whatever its eval loss")
+        elif base is not None and loss > base:
+            record(n, "stopped", f"curve is diverged: eval loss {loss:.4f} is above the base model's {base:.4f}")
         else:
             healthy.append(n)
     order = sorted(healthy, key=lambda n: rank_key(eval_loss[n], by_name[n].trainable_params, n))
@@ -129,5 +137,5 @@ def decide(rung: int, policy: TunePolicy, configs: Sequence[SweepConfigEntry], a
                                  f"(only the best {keep} go on)")
     add: list[NewConfig] = []
     if rung == 0 and policy.refine and order:
-        add = refinements(by_name[order[0]], configs, policy.max_refine)
+        add = refinements(by_name[order[0]], configs, policy.max_refine, healthy)
     return Decision(records, add)
