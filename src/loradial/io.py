@@ -298,10 +298,9 @@ _INPUT_ERRNOS = (errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, 
 
 
 def _public(filename: Any) -> str:
-    """A temporary sibling's path as the output it stood for ('.../.out.123-ab12cd34.x.tmp' -> '.../out')."""
-    p = Path(os.fsdecode(filename))
-    m = _TEMP.match(p.name)
-    return str(p.with_name(m["name"])) if m else str(p)
+    """A path inside a temporary sibling as the output it stands for ('.../.out.123-ab12cd34.x.tmp/f' -> '.../out/f')."""
+    parts = Path(os.fsdecode(filename)).parts
+    return str(Path(*[m["name"] if (m := _TEMP.match(part)) else part for part in parts])) if parts else str(filename)
 
 
 def os_error(e: OSError) -> LoradialError:
