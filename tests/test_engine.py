@@ -48,8 +48,9 @@ def losses(e: Engine, name: str) -> list[float]:
     return [r["loss"] for r in e.history if r["adapter"] == name and "loss" in r]
 
 
-def peft_reference(c: AdapterConfig, examples, steps=STEPS, model=None):
-    """PEFT + a plain PyTorch loop: torch.manual_seed(seed) before get_peft_model, AdamW, HF schedule, clipping."""
+def peft_reference(c: AdapterConfig, examples, steps=STEPS, model=None, grad_norms: list | None = None):
+    """PEFT + a plain PyTorch loop: torch.manual_seed(seed) before get_peft_model, AdamW, HF schedule, clipping.
+    ``grad_norms`` collects clip_grad_norm_'s total norm before clipping (max_norm=inf when not clipping)."""
     model = model or tiny_llama()
     torch.manual_seed(c.seed)
     pm = peft.get_peft_model(model, c.spec.to_peft_config())
@@ -63,8 +64,9 @@ def peft_reference(c: AdapterConfig, examples, steps=STEPS, model=None):
         batch = collate([examples[i] for i in stream.next()], 0)
         loss = pm(**batch).loss
         loss.backward()
-        if c.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm if c.max_grad_norm is not None else math.inf)
+        if grad_norms is not None:
+            grad_norms.append(float(norm))
         opt.step()
         sched.step()
         opt.zero_grad()
@@ -91,6 +93,23 @@ def assert_matches_peft(e: Engine, name: str, pm) -> None:
         # shows up at ~1e-5 of B's norm after a few steps (1.05e-5 measured on one 2-core x86 host);
         # the losses above are held to 1e-5, the factors to 3e-5.
         assert rel(t, ref[f"{mod}.{pkey}"]) < 3e-5, key
+
+
+def grad_norms(e: Engine, name: str) -> list[float]:
+    return [r["grad_norm"] for r in e.history if r["adapter"] == name and "loss" in r]
+
+
+def check_k1_against_peft(e: Engine, c: AdapterConfig, examples, model=None) -> None:
+    """The engine's run of ``c`` against PEFT's: per-step losses, per-step gradient norms (before clipping;
+    AdamW cancels a constant gradient scale, so only the norms see a wrong one) and the final factors."""
+    norms: list[float] = []
+    pm, ref_losses = peft_reference(c, examples, model=model, grad_norms=norms)
+    got = losses(e, c.name)
+    assert max(abs(a - b) / abs(b) for a, b in zip(got, ref_losses)) < 1e-5, "losses"
+    g = grad_norms(e, c.name)
+    assert len(g) == len(norms) == STEPS
+    assert max(abs(a - b) / b for a, b in zip(g, norms)) < 1e-4, f"grad_norm {g} vs PEFT's clip_grad_norm_ {norms}"
+    assert_matches_peft(e, c.name, pm)
 
 
 # --- bucketing ----------------------------------------------------------------------------------
@@ -131,10 +150,35 @@ def test_init_matches_peft_for_seed(examples):
 def test_k1_equals_peft_plain_loop(examples, kw):
     c = cfg("x", seed=3, **kw)
     e = run_engine([c], examples)
+    check_k1_against_peft(e, c, examples)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(r=4, alpha=8, weight_decay=0.1, warmup_steps=1, max_grad_norm=0.05, schedule="cosine"),
+    dict(r=8, alpha=4, use_rslora=True, targets=["q_proj", "v_proj", "embed_tokens"], schedule="linear"),
+], ids=["lora-clip-wd", "rslora-embed"])
+def test_a_doubled_gradient_fails_the_peft_check(examples, kw, monkeypatch):
+    """The mutation the check exists for: every gradient doubled once by hand. AdamW normalises it away
+    (and clipping to 0.05 too), so losses and factors still match PEFT; the gradient norms do not."""
+    from loradial.engine.optim import AdapterOptimizer
+
+    real = AdapterOptimizer.step
+
+    def doubled(self, lrs, losses_):
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.mul_(2.0)
+        return real(self, lrs, losses_)
+
+    monkeypatch.setattr(AdapterOptimizer, "step", doubled)
+    c = cfg("x", seed=3, **kw)
+    e = run_engine([c], examples)
+    monkeypatch.undo()
     pm, ref_losses = peft_reference(c, examples)
-    got = losses(e, "x")
-    assert max(abs(a - b) / abs(b) for a, b in zip(got, ref_losses)) < 1e-5
-    assert_matches_peft(e, "x", pm)
+    assert max(abs(a - b) / abs(b) for a, b in zip(losses(e, "x"), ref_losses)) < 1e-4  # blind to the scale
+    assert_matches_peft(e, "x", pm)  # blind too
+    with pytest.raises(AssertionError, match="grad_norm"):
+        check_k1_against_peft(e, c, examples)
 
 
 def test_k_together_equal_each_alone(examples):
@@ -167,9 +211,7 @@ def test_gpt2_conv1d_matches_peft(examples):
     for extra in ({}, {"use_dora": True}):
         c = cfg("g", r=4, alpha=8, targets=["c_attn", "c_fc"], seed=2, **extra)
         e = run_engine([c], examples, model=gpt2())
-        pm, ref_losses = peft_reference(c, examples, model=gpt2())
-        assert max(abs(a - b) / abs(b) for a, b in zip(losses(e, "g"), ref_losses)) < 1e-5
-        assert_matches_peft(e, "g", pm)
+        check_k1_against_peft(e, c, examples, model=gpt2())
 
 
 def test_saved_adapters_load_in_peft_and_reproduce_logits(examples, tmp_path):

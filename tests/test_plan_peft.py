@@ -63,11 +63,50 @@ def ours(info: models.ModelInfo, targets: str, r: int, **kw) -> tuple[tuple[int,
     return (n, info.total_params + n), spec.peft_kwargs()
 
 
+def raw_peft_kwargs(info: models.ModelInfo, targets: str, r: int, *, alpha: float | None = None, layers=None,
+                    layers_pattern=None, exclude: str | None = None, **flags) -> dict | None:
+    """The LoraConfig a user would write for these inputs, built without any loradial check (PEFT judges it).
+    Only the presets 'attention' / 'mlp' (and 'all-linear' with layers, which PEFT wants as a list) are
+    loradial's own vocabulary and expand through it; None if such a preset names no module here."""
+    from loradial.models.targets import ALL_LINEAR, PRESETS, preset_targets
+
+    t = targets.strip()
+    if t.lower() in PRESETS and (t.lower() != ALL_LINEAR or layers is not None):
+        try:
+            tm = preset_targets(t.lower(), info, layers is not None)
+        except LoradialError:
+            return None
+        if not tm:
+            return None
+    elif t.lower() == ALL_LINEAR:
+        tm = ALL_LINEAR
+    elif t.startswith("re:"):
+        tm = t[3:]
+    else:
+        tm = [x.strip() for x in t.split(",") if x.strip()]
+    kw = dict(r=r, lora_alpha=alpha if alpha is not None else r, target_modules=tm, **flags)
+    if layers is not None:
+        kw["layers_to_transform"] = layers
+    if layers_pattern is not None:
+        kw["layers_pattern"] = layers_pattern
+    if exclude is not None:
+        kw["exclude_modules"] = exclude[3:] if exclude.startswith("re:") else [x.strip() for x in exclude.split(",")]
+    return kw
+
+
 def check(cfg: dict, info: models.ModelInfo, targets: str, r: int, **kw) -> None:
+    """plan's count == PEFT's. Where loradial refuses to build the config, PEFT must refuse it too: the case
+    is skipped only then (or when a loradial preset names no module of the family), never on loradial's word."""
     try:
         got, peft_kwargs = ours(info, targets, r, **kw)
-    except LoradialError:
-        pytest.skip("preset or target set not applicable to this family")
+    except LoradialError as e:
+        raw = raw_peft_kwargs(info, targets, r, **kw)
+        if raw is None:
+            pytest.skip(f"preset {targets!r} names no module of this family")
+        theirs = peft_count(cfg, raw)
+        if theirs == "error":
+            pytest.skip("PEFT cannot build this config either")
+        pytest.fail(f"loradial refused ({e.message}) a config PEFT builds: {raw} -> {theirs}")
     assert got == peft_count(cfg, peft_kwargs), (targets, r, kw, peft_kwargs)
 
 
@@ -146,3 +185,19 @@ def test_plan_rows_reproduce_in_peft(tiny):
     for row in res.rows:
         json.dumps(row.peft_config)
         assert peft_count(cfg, row.peft_config)[0] == row.trainable_params
+
+
+def test_a_refusal_peft_does_not_share_fails_instead_of_skipping(tiny, monkeypatch):
+    """The mutation this oracle exists for: loradial refusing every layers_to_transform once turned 24
+    cases into skips. Now such a refusal fails the case; a refusal PEFT shares still skips."""
+    import loradial.cost.planning as planning
+
+    def refuse(*a, **k):
+        raise LoradialError("layers_to_transform is not supported")
+
+    monkeypatch.setattr(planning, "check_layers", refuse)
+    cfg, info = tiny["llama"]
+    with pytest.raises(pytest.fail.Exception, match="loradial refused .* a config PEFT builds"):
+        check(cfg, info, "q_proj,v_proj", 4, layers=[0, 2])
+    with pytest.raises(pytest.skip.Exception, match="PEFT cannot build this config either"):
+        check(cfg, info, r"re:.*q_proj", 4, layers=[0, 2])  # PEFT: no layers_to_transform with a regex

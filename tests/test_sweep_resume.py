@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -98,3 +101,69 @@ def test_kill_9_anywhere_then_resume_matches_an_uninterrupted_sweep(tmp_path):
     assert [(r["adapter"], r["step"], "eval_loss" in r) for r in ra] == [(r["adapter"], r["step"], "eval_loss" in r) for r in rb]
     assert ra == rb
     assert not (out / "work").exists()
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    src = str(Path(loradial.__file__).parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    env.pop("LORADIAL_SWEEP_KILL", None)
+    return subprocess.Popen([sys.executable, "-m", "loradial", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _resume_or_start(out: Path, model: Path, data: Path) -> list[str]:
+    return ["sweep", "--resume", str(out)] if (out / "sweep.yaml").exists() else cli_args(model, data, out)
+
+
+def _same_as(out: Path, ref: Path, note: str) -> None:
+    res, want = json.loads((out / "results.json").read_text()), json.loads((ref / "results.json").read_text())
+    assert res["best"] == want["best"], note
+    for a, b in zip(res["configs"], want["configs"]):
+        assert a["name"] == b["name"]
+        for key in NUMBERS:
+            assert a[key] == b[key], (note, a["name"], key, a[key], b[key])
+        wa = load_file(str(out / "adapters" / a["name"] / "adapter_model.safetensors"))
+        wb = load_file(str(ref / "adapters" / a["name"] / "adapter_model.safetensors"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), (note, a["name"])
+    assert metrics_rows(out) == metrics_rows(ref), note
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_from_the_parent_then_resume_matches(tmp_path):
+    """Not at hook points: the parent sends SIGKILL at random wall-clock moments of a sweep and of each
+    --resume that follows, until the sweep completes; then again on a fresh directory, until
+    LORADIAL_RANDOM_KILLS kills (3 by default; LORADIAL_KILL_SEED picks the moments) have landed. Every
+    completed sweep gives the uninterrupted run's numbers, metrics and adapters bit for bit, and no
+    temporary file of a killed process is left behind."""
+    from loradial.io import _TEMP
+
+    n_kills = int(os.environ.get("LORADIAL_RANDOM_KILLS", "3"))
+    seed = int(os.environ.get("LORADIAL_KILL_SEED", "16"))
+    rng = random.Random(seed)
+    model = save_tiny_model(tmp_path / "model")
+    data = write_jsonl(tmp_path / "train.jsonl", pc_records(48))
+    t0 = time.monotonic()
+    ref = _start(cli_args(model, data, tmp_path / "ref"))
+    assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-2000:]
+    duration = time.monotonic() - t0
+    kills, cycle = 0, 0
+    while kills < n_kills:
+        out, moments = tmp_path / f"killed{cycle}", []
+        while not (out / "results.json").exists():
+            proc = _start(_resume_or_start(out, model, data))
+            at = rng.uniform(0.3, 1.0) * duration if len(moments) < 8 else 600  # then let it finish
+            try:
+                assert proc.wait(timeout=at) == 0, proc.stderr.read().decode()[-2000:]
+                moments.append((round(at, 2), "finished first"))
+            except subprocess.TimeoutExpired:
+                proc.kill()  # SIGKILL
+                proc.wait()
+                moments.append((round(at, 2), "killed"))
+                kills += 1
+            if (out / "sweep.yaml").exists() and not (out / "results.json").exists():
+                check_consistent(out)
+        note = f"seed {seed}, cycle {cycle}: {moments} in a {duration:.1f} s run"
+        _same_as(out, tmp_path / "ref", note)
+        left = [p for p in [*out.rglob("*"), *tmp_path.iterdir()] if _TEMP.match(p.name)]
+        assert not left, (note, left)
+        cycle += 1

@@ -99,10 +99,11 @@ def _read_json(path: Path) -> list[dict]:
                                 "use a top-level list of objects, or JSON lines")
         obj = lists[0]
     if not isinstance(obj, list):
-        raise LoradialError(f"{path.name}: expected a list of objects, got {type(obj).__name__}")
+        raise LoradialError(f"{path.name}: expected a list of objects, got {type(obj).__name__}",
+                            "use a top-level list of objects, or JSON lines")
     for i, rec in enumerate(obj):
         if not isinstance(rec, dict):
-            raise LoradialError(f"{path.name} record {i}: expected an object, got {type(rec).__name__}")
+            raise LoradialError(f"{path.name} record {i}: expected an object, got {type(rec).__name__}", "records are objects with 'text', 'prompt'+'completion' or 'messages' (role, content)")
     return _checked(obj, path, [f"record {i}" for i in range(len(obj))])
 
 
@@ -127,7 +128,27 @@ def _checked(records: list[dict], path: Path, where: Sequence[str]) -> list[dict
         raise LoradialError(f"{path.name} holds no records", "the data file is empty")
     for rec, loc in zip(records, where):
         record_format(rec, f"{path.name} {loc}")
+    check_not_all_empty(records, path.name)
     return records
+
+
+def _content(rec: dict) -> str:
+    """The text a record trains on: its text, its completion, or its assistant messages."""
+    fmt = record_format(rec)
+    if fmt == "text":
+        return rec["text"]
+    if fmt == "prompt_completion":
+        c = rec["completion"]
+        return c if isinstance(c, str) else " ".join(str(m.get("content") or "") for m in c)
+    return " ".join(str(m.get("content") or "") for m in rec["messages"] if m.get("role") == "assistant")
+
+
+def check_not_all_empty(records: Sequence[dict], what: str = "the data") -> None:
+    """Refuse data whose every record has nothing to learn (empty or blank text / completion / answers):
+    training on it would fit BOS/EOS tokens alone."""
+    if records and not any(_content(r).strip() for r in records):
+        raise LoradialError(f"{what}: all {len(records):,} records have empty text (nothing to train or evaluate on)",
+                            "check the file's field names and content ('text', 'prompt'+'completion' or 'messages')")
 
 
 # --- formats -----------------------------------------------------------------------------------
@@ -138,10 +159,12 @@ def _present(rec: dict, key: str) -> bool:
 
 def _check_messages(msgs: Any, where: str, field: str) -> None:
     if not isinstance(msgs, list) or not msgs:
-        raise LoradialError(f"{where}: {field!r} must be a non-empty list of messages")
+        raise LoradialError(f"{where}: {field!r} must be a non-empty list of messages",
+                            "each message is an object with 'role' and 'content'")
     for j, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
-            raise LoradialError(f"{where}: {field}[{j}] must be an object with 'role' and 'content'")
+            raise LoradialError(f"{where}: {field}[{j}] must be an object with 'role' and 'content'",
+                                "e.g. {\"role\": \"user\", \"content\": \"...\"}")
 
 
 def record_format(rec: dict, where: str = "record") -> str:
@@ -149,7 +172,8 @@ def record_format(rec: dict, where: str = "record") -> str:
     if _present(rec, "messages"):
         _check_messages(rec["messages"], where, "messages")
         if not any(m["role"] == "assistant" for m in rec["messages"]):
-            raise LoradialError(f"{where}: the chat has no assistant message to learn from")
+            raise LoradialError(f"{where}: the chat has no assistant message to learn from",
+                                "loradial trains on the assistant turns: add one, or drop the record")
         return "messages"
     if _present(rec, "prompt") or _present(rec, "completion"):
         for key in ("prompt", "completion"):
@@ -161,11 +185,11 @@ def record_format(rec: dict, where: str = "record") -> str:
             _check_messages(p, where, "prompt")
             _check_messages(c, where, "completion")
         elif not isinstance(p, str) or not isinstance(c, str):
-            raise LoradialError(f"{where}: 'prompt' and 'completion' must be strings (or message lists)")
+            raise LoradialError(f"{where}: 'prompt' and 'completion' must be strings (or message lists)", "records are objects with 'text', 'prompt'+'completion' or 'messages' (role, content)")
         return "prompt_completion"
     if _present(rec, "text"):
         if not isinstance(rec["text"], str):
-            raise LoradialError(f"{where}: 'text' must be a string, got {type(rec['text']).__name__}")
+            raise LoradialError(f"{where}: 'text' must be a string, got {type(rec['text']).__name__}", "records are objects with 'text', 'prompt'+'completion' or 'messages' (role, content)")
         return "text"
     fields = ", ".join(sorted(map(str, rec))) or "none"
     raise LoradialError(f"{where}: no 'text', 'prompt'+'completion' or 'messages' field (fields: {fields})",
@@ -265,9 +289,11 @@ def tokenize_records(records: Iterable[dict], tokenizer, max_len: int, packing: 
     """
     if not isinstance(max_len, int) or max_len < 2:
         raise LoradialError(f"max_len must be an integer >= 2, got {max_len!r}", "use e.g. --max-len 1024")
+    records = list(records)
     examples = [tokenize_record(rec, tokenizer, f"record {i}") for i, rec in enumerate(records)]
     if not examples:
         raise LoradialError("no records to tokenize", "the data is empty")
+    check_not_all_empty(records)
     if packing:
         ids = [t for ex in examples for t in ex["input_ids"]]
         labels = [t for ex in examples for t in ex["labels"]]
@@ -291,7 +317,7 @@ def load_dataset(path, tokenizer, max_len: int, eval_data=None, eval_fraction: f
     if not 0.0 <= eval_fraction < 1.0:
         raise LoradialError(f"eval fraction must be in [0, 1), got {eval_fraction}", "use e.g. --eval-fraction 0.1")
     if eval_data is not None and eval_fraction > 0:
-        raise LoradialError("give either eval data or an eval fraction, not both")
+        raise LoradialError("give either eval data or an eval fraction, not both", "drop --eval-fraction or --eval-data")
     records = path if isinstance(path, list) else load_records(path)
     eval_records: list[dict] = []
     if eval_data is not None:

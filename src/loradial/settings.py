@@ -62,7 +62,7 @@ class TrainSettings(_Settings):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Frozen base weights: auto = bf16 on a GPU, fp32 on a CPU."""
     load_in_4bit: bool = False
-    """Quantize the frozen base to NF4 (QLoRA; needs bitsandbytes and a CUDA GPU)."""
+    """Quantize the frozen base to NF4 (QLoRA; needs bitsandbytes: a CUDA GPU, or on a CPU bitsandbytes >= 0.48)."""
     trust_remote_code: bool = False
     """Let from_pretrained run a model repository's own code (off unless asked)."""
     seed: int = 0
@@ -76,6 +76,26 @@ class TrainSettings(_Settings):
 
 #: The one instance every default is read from (``DEFAULT.batch_size`` ...).
 DEFAULT = TrainSettings()
+
+
+class RunSettings(_Settings):
+    """How long one ``loradial train`` run is, and when it evaluates and checkpoints (checked before
+    anything is loaded; a sweep keeps the same fields in ``SweepSettings``)."""
+
+    steps: Optional[int] = Field(None, gt=0)
+    """Optimizer steps (or ``epochs``)."""
+    epochs: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    """Passes over the training data (or ``steps``)."""
+    eval_every: Optional[int] = Field(None, gt=0)
+    """Evaluate every N steps (and at the end)."""
+    save_every: Optional[int] = Field(None, gt=0)
+    """Checkpoint every N steps."""
+    eval_fraction: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
+    """Part of the data held out for eval."""
+
+    @classmethod
+    def checked(cls, source: str = "settings", **values: Any) -> "RunSettings":
+        return validated(cls, {k: v for k, v in values.items() if v is not None}, source)
 
 
 class EvalSettings(_Settings):

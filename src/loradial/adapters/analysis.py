@@ -265,7 +265,7 @@ def recommend_ranks(
     if not 0 < energy <= 1:
         raise LoradialError(f"--energy must be in (0, 1], got {energy}", "e.g. --energy 0.9")
     if not 0 < coverage <= 1:
-        raise LoradialError(f"coverage must be in (0, 1], got {coverage}")
+        raise LoradialError(f"--coverage must be in (0, 1], got {coverage}", "e.g. --coverage 0.9")
     spectra = [np.asarray(m.singular_values) for m in reports]
     needed = sorted(max(1, energy_rank(s, energy)) for s in spectra)
     k_needed = needed[max(0, math.ceil(coverage * len(needed)) - 1)]

@@ -387,7 +387,10 @@ def open_eval_session(model: str | Path, data: str | Path, max_len: int = EVAL.m
                  max_examples: int | None = None, device: str | None = None, trust_remote_code: bool = False) -> EvalSession:
     """Tokenizer, examples and the base model from ``model`` (one ``from_pretrained``)."""
     if batch_size < 1 or max_len < 2:
-        raise LoradialError(f"--batch-size must be ≥ 1 and --max-len ≥ 2 (got {batch_size}, {max_len})")
+        raise LoradialError(f"--batch-size must be ≥ 1 and --max-len ≥ 2 (got {batch_size}, {max_len})",
+                            f"e.g. --batch-size {EVAL.batch_size} --max-len {EVAL.max_len}")
+    if max_examples is not None and max_examples < 1:
+        raise LoradialError(f"--max-examples must be ≥ 1, got {max_examples}", "e.g. --max-examples 200 (or leave it out)")
     model_path = check_model_dir(model)
     tok = load_tokenizer(model_path, trust_remote_code)
     examples = _load_examples(data, tok, max_len, max_examples)

@@ -37,7 +37,7 @@ from typing import Any
 
 from loradial.adapters import features
 from loradial.errors import LoradialError
-from loradial.io import atomic_dir, read_json
+from loradial.io import atomic_dir, check_finite, check_out_not_overlapping, read_json
 from loradial.spec import LoraSpec, scaling
 
 PREFIX = "base_model.model."
@@ -266,6 +266,10 @@ def _read_tensors(path: Path, allow_pickle: bool) -> tuple[dict[str, Any], dict[
         try:
             state = torch.load(str(binf), map_location="cpu", weights_only=True)
         except Exception as e:
+            if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
+                raise LoradialError(f"refused {binf}: loading it would run code or build objects that are not tensors "
+                                    "(torch.load(weights_only=True) stopped it)",
+                                    "do not use this file; get the adapter as safetensors from a source you trust") from None
             raise LoradialError(f"could not load {binf} ({type(e).__name__}: {str(e)[:120]})", "the file is corrupt") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise LoradialError(f"{binf} is not a state dict of tensors", "save the adapter with PEFT")
@@ -486,8 +490,9 @@ def save_adapter(adapter: Adapter, path: str | Path, overwrite: bool = False) ->
     tensors = state_dict(adapter)
     config_spec(adapter.config)  # refuse to write a config PEFT would misread
     path = Path(path).expanduser()
-    if adapter.source is not None and path.resolve() == Path(adapter.source).resolve():
-        raise LoradialError(f"refusing to overwrite the input adapter {path}", "choose a different --out")
+    check_out_not_overlapping(path, [("input adapter", adapter.source)])
+    check_finite(tensors, f"the adapter for {path}",
+                 "the values overflowed (e.g. too large a --scale) or training diverged")
     with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / SAFETENSORS_NAME), metadata={"format": "pt"})
         from loradial.io import atomic_write_json

@@ -108,7 +108,7 @@ def choose_ranks(spectra: list[np.ndarray], modules: list[LoraModule], rank: int
         raise LoradialError("give exactly one of --rank, --energy, --budget", "e.g. --rank 8")
     if rank is not None:
         if rank < 1:
-            raise LoradialError(f"--rank must be ≥ 1, got {rank}")
+            raise LoradialError(f"--rank must be ≥ 1, got {rank}", "e.g. --rank 8")
         return [min(rank, m.r) for m in modules]
     if energy is not None:
         if not 0 < energy <= 1:
@@ -294,6 +294,16 @@ def _untie_config(model) -> None:
         cfg.tie_word_embeddings = False
 
 
+def check_shard_size(size: str) -> None:
+    """``--max-shard-size``: '<number><KB|MB|GB|TB>', positive (what huggingface_hub's shard splitter parses)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]B)\s*", str(size), re.IGNORECASE)
+    if m is None or float(m.group(1)) * 1000 ** "KMGT".index(m.group(2)[0].upper()) * 1000 < 1:
+        raise LoradialError(f"--max-shard-size must be a positive size such as 5GB, got {size!r}",
+                            "e.g. --max-shard-size 5GB or 500MB (units KB, MB, GB, TB)")
+
+
 def merge(
     adapter: str | Path | Adapter,
     model: str | Path,
@@ -314,9 +324,11 @@ def merge(
     import torch
 
     from loradial.adapters.evaluate import apply_saved, load_base_model, locate
-    from loradial.io import check_output_dir, atomic_dir
+    from loradial.io import atomic_dir, check_finite, check_out_not_overlapping, check_output_dir
 
     ad = _load(adapter, allow_pickle, features.MERGE)
+    check_out_not_overlapping(out, [("input adapter", ad.source), ("base model", model)])
+    check_shard_size(max_shard_size)
     check_output_dir(out, overwrite)
     base = load_base_model(model, device="cpu", trust_remote_code=trust_remote_code)
     notes: list[str] = []
@@ -340,8 +352,12 @@ def merge(
                 if getattr(mod, "bias", None) is None:
                     raise LoradialError(f"cannot merge lora_bias into {name}: the base layer has no bias",
                                         "PEFT cannot either; keep the adapter unmerged")
-                mod.bias.copy_((mod.bias.float() + m.scale * m.bias.float()).to(mod.bias.dtype))
-            mod.weight.copy_(merged_weight(mod.weight, m, kind))
+                b = (mod.bias.float() + m.scale * m.bias.float()).to(mod.bias.dtype)
+                check_finite({f"{name}.bias": b}, "the merged model", "the adapter's bias overflows the base's dtype")
+                mod.bias.copy_(b)
+            w = merged_weight(mod.weight, m, kind)
+            check_finite({f"{name}.weight": w}, "the merged model", "the adapter's ΔW overflows the base weights' dtype")
+            mod.weight.copy_(w)
     mts_modules = sorted({n.rsplit(".", 1)[0] for n in replaced})
     with atomic_dir(out, overwrite=overwrite) as tmp:
         base.save_pretrained(str(tmp), max_shard_size=max_shard_size)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from loradial.errors import LoradialError
-from loradial.io import atomic_write_text, read_json
+from loradial.io import atomic_write_text, check_out_not_overlapping, read_json
 from loradial.result import Result
 from loradial.settings import TrainSettings, migrate, validated
 from loradial.advice.rules import plain_number
@@ -416,6 +416,7 @@ def export_sweep(sweep_dir: str | Path, format: str, out: str | Path | None = No
     path = p / "results.json" if p.is_dir() else p
     if not path.exists():
         raise LoradialError(f"no results.json in {p}", "export needs a finished `loradial sweep` directory")
+    check_out_not_overlapping(out, [("sweep", p), ("sweep results", path)], out_is_file=True)
     results = read_json(path, "sweep results")
     if not isinstance(results, dict):
         raise LoradialError(f"{path} is not a sweep results object", "expected keys best and configs")

@@ -156,6 +156,9 @@ def recommend(
                                       or not math.isfinite(learning_rate) or learning_rate <= 0):
         raise LoradialError(f"learning rate must be a positive number, got {learning_rate!r}", "e.g. 1e-3")
     rules = _rules.load_rules(rules_file, **overrides)
+    from loradial.io import check_out_not_overlapping
+
+    check_out_not_overlapping(export_out, [("rules file", rules_file), ("model", model)], out_is_file=True)
     _check_inputs(task, examples, tokens, gpu_memory, seq_len, rules)
     if export is not None:
         from loradial.advice.export import FORMATS

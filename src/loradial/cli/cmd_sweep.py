@@ -105,6 +105,10 @@ def sweep_cmd(
                              ray_workers=ray_workers, progress=True)
         if out is None:
             raise LoradialError("no output directory", "pass --out DIR (or --resume DIR to continue a sweep)")
+        from loradial.io import check_out_not_overlapping
+
+        check_out_not_overlapping(out, [("base model", model), ("training data", data), ("eval data", eval_data),
+                                        ("grid file", grid)])
         return run_sweep(
             model=model, data=data, out=out,
             ranks=split_list(ranks, int, "rank") if ranks is not None else None,
@@ -124,4 +128,5 @@ def sweep_cmd(
             trust_remote_code=trust_remote_code, progress=True,
         )
 
-    run(call, as_json, render)
+    where = resume or out
+    run(call, as_json, render, interrupted_hint=f"continue it with `loradial sweep --resume {where}` (finished work is kept)")

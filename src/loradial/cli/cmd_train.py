@@ -87,4 +87,7 @@ def train_cmd(
         console.print(table)
         console.print(f"metrics: {res.metrics}")
 
-    run(call, as_json, render)
+    where = resume or out
+    run(call, as_json, render, interrupted_hint=(
+        f"continue from the last checkpoint with `loradial train --resume {where}`" if resume or save_every else
+        "nothing was saved; rerun with --save-every N to make a run resumable"))

@@ -6,10 +6,13 @@ Human output and progress go to stderr; stdout carries only the ``--json`` docum
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Callable
 
 import typer
+from rich.markup import escape
+
 from loradial.console import console
 from loradial.errors import LoradialError
 
@@ -22,29 +25,76 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-def fail(err: LoradialError) -> None:
-    """Print one line (plus the hint) on stderr and exit with the error's code."""
-    console.print(f"[bold red]error:[/] {err.message}", markup=True, soft_wrap=True, highlight=False)
-    if err.hint:
-        console.print(f"[yellow]hint:[/] {err.hint}", soft_wrap=True, highlight=False)
+def fail(err: LoradialError, verb: str | None = None) -> None:
+    """Print one line (plus the hint) on stderr and exit with the error's code. Bad input always gets a
+    hint: where the error brought none, the verb's --help."""
+    console.print(f"[bold red]error:[/] {escape(err.message)}", markup=True, soft_wrap=True, highlight=False)
+    hint = err.hint
+    if not hint and err.exit_code == 2:
+        hint = f"see `loradial {verb} --help`" if verb else "see `loradial --help`"
+    if hint:
+        console.print(f"[yellow]hint:[/] {escape(hint)}", soft_wrap=True, highlight=False)
     raise typer.Exit(err.exit_code)
 
 
-def run(call: Callable[[], Any], as_json: bool, render: Callable[[Any], None] | None = None) -> Any:
-    """Run an API call; print its ``to_dict()`` as JSON or hand it to ``render``; map errors to exits."""
+def run(call: Callable[[], Any], as_json: bool, render: Callable[[Any], None] | None = None,
+        interrupted_hint: str | None = None) -> Any:
+    """Run an API call; print its ``to_dict()`` as JSON or hand it to ``render``; map errors to exits.
+
+    The one error boundary of the CLI: whatever fails, the user sees one line and a hint, never a
+    traceback (``LORADIAL_DEBUG=1`` re-raises unexpected errors). See ``boundary_error``."""
+    caller = sys._getframe(1).f_globals.get("__name__", "")  # loradial.cli.cmd_<verb>
+    verb = caller.rpartition(".cmd_")[2].replace("_", "-") if ".cmd_" in caller else None
     try:
         result = call()
+        if as_json:
+            sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+            sys.stdout.flush()
+        elif render is not None:
+            render(result)
     except LoradialError as err:
-        fail(err)
+        fail(err, verb)
     except KeyboardInterrupt:
-        console.print("interrupted")
-        raise typer.Exit(130)
-    if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
-        sys.stdout.flush()
-    elif render is not None:
-        render(result)
+        fail(LoradialError("interrupted", interrupted_hint or "nothing half-written was published; run the command again",
+                           exit_code=130), verb)
+    except Exception as e:  # noqa: BLE001 - the boundary: one line and a hint, never a traceback
+        if os.environ.get("LORADIAL_DEBUG"):
+            raise
+        fail(boundary_error(e), verb)
     return result
+
+
+_OOM = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
+
+
+def boundary_error(e: BaseException) -> LoradialError:
+    """An exception no verb turned into a LoradialError, as one: OSError by errno (exit 2 for a bad
+    path, 1 for a full, read-only or forbidden disk); a corrupt safetensors, JSON or YAML input
+    (exit 2); out of memory (exit 1, with what to lower); anything else an internal error (exit 1)."""
+    from loradial.io import os_error, wrapped_os_error
+
+    if isinstance(e, OSError):
+        return os_error(e)
+    inner = wrapped_os_error(e)
+    if type(e).__name__ == "SafetensorError":
+        if isinstance(inner, OSError):
+            return os_error(inner)
+        return LoradialError(f"a safetensors file is truncated or corrupt ({str(e).splitlines()[0][:160]})",
+                             "copy or save the model/adapter again (its .safetensors file is damaged)")
+    if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+        return LoradialError(f"an input file is not valid {'JSON' if isinstance(e, json.JSONDecodeError) else 'UTF-8'}: "
+                             f"{str(e)[:160]}", "fix or regenerate the file")
+    if type(e).__module__.startswith("yaml") and type(e).__name__.endswith("Error"):
+        return LoradialError(f"an input file is not valid YAML: {str(e).splitlines()[0][:160]}", "fix the YAML file")
+    text = str(e).lower()
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or any(s in text for s in _OOM):
+        return LoradialError(f"out of memory ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})",
+                             "lower --batch-size, --max-len or the rank (or add --gradient-checkpointing; a sweep: "
+                             "--pack-size or --gpu-memory)", exit_code=1)
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return LoradialError(f"internal error: {type(e).__name__}" + (f": {first}" if first else ""),
+                         "this is a bug in loradial: please report it with the command line "
+                         "(LORADIAL_DEBUG=1 prints the traceback)", exit_code=1)
 
 
 def split_list(text: str | None, cast: Callable[[str], Any] = str, what: str = "value") -> list[Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loradial.errors import LoradialError, runtime_failure
-from loradial.io import atomic_write_json, check_output_dir
+from loradial.io import atomic_write_json, check_out_not_overlapping, check_output_dir
 from loradial.result import Result
 from loradial.engine.checkpoint import load_checkpoint, save_checkpoint, truncate_metrics
 from loradial.engine.config import AdapterConfig
@@ -165,8 +165,10 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
         if not adapters:
             raise LoradialError("no adapter configuration given")
         check_output_dir(out, overwrite)  # refuses a file or a non-empty dir without --overwrite; deletes nothing
+        check_out_not_overlapping(out, [("base model", model if isinstance(model, (str, Path)) else None),
+                                        ("training data", data), ("eval data", eval_data)])
         if save_every is not None and save_every < 1:
-            raise LoradialError(f"--save-every must be >= 1, got {save_every}")
+            raise LoradialError(f"--save-every must be >= 1, got {save_every}", "e.g. --save-every 100")
         if isinstance(data, (str, Path)):
             from loradial.data import load_records
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loradial.errors import LoradialError
-from loradial.settings import DEFAULT, TrainSettings
+from loradial.settings import DEFAULT, RunSettings, TrainSettings
 from loradial.spec import LoraSpec
 from loradial.engine.config import AdapterConfig
 from loradial.engine.session import TrainResult, train_many
@@ -56,12 +56,14 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
     if resume is not None:
         return train_many(model, data, None, out=resume, resume=True, tokenizer=tokenizer, progress=progress,
                           trust_remote_code=trust_remote_code, **engine_kw)
-    if out is None:
+    if out is None or str(out) == "":
         raise LoradialError("no output directory", "pass --out DIR")
     if model is None or data is None:
         raise LoradialError("model and data are required", "pass --model and --data")
     if (steps is None) == (epochs is None):
         raise LoradialError("give exactly one of steps and epochs", "use --steps N or --epochs E")
+    RunSettings.checked("flags", steps=steps, epochs=epochs, eval_every=eval_every, save_every=save_every,
+                        eval_fraction=eval_fraction)
     from loradial.models.targets import resolve_targets
 
     t = TrainSettings.checked("flags", lr=lr, batch_size=batch_size, max_len=max_len, dropout=dropout, seed=seed,

@@ -101,6 +101,11 @@ class Engine:
                     raise LoradialError(f"adapter {a.name!r} targets the output head {m.name}", "the engine does not adapt the head")
                 if m.kind == "embedding" and a.spec.use_dora:
                     raise LoradialError(f"adapter {a.name!r}: DoRA on an embedding is not supported by the engine")
+            widest = max(max(m.d_in, m.d_out) for m in hits)
+            if any(a.spec.rank_for(m.name) > widest for m in hits):
+                raise LoradialError(f"adapter {a.name!r}: rank {max(a.spec.rank_for(m.name) for m in hits):,} exceeds every "
+                                    f"dimension of the modules it targets (at most {widest:,})",
+                                    f"choose a rank of at most {widest:,} (ΔW = B·A has rank ≤ min(d_in, d_out))")
             self.slices[a.name] = {m.name: SliceLora(a.spec.rank_for(m.name), a.spec.scaling_for(m.name),
                                                     a.spec.lora_dropout, a.spec.use_dora) for m in hits}
             self.module_info.update({m.name: m for m in hits})

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from loradial.errors import LoradialError
-from loradial.io import atomic_write_json, atomic_write_text, read_json
+from loradial.io import atomic_write_json, atomic_write_text, check_out_not_overlapping, read_json
 from loradial.result import Result
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -32,6 +32,7 @@ DEMO_MODEL = ASSETS / "demo-model"
 DEMO_DATA = ASSETS / "demo-data"
 MARKER = ".loradial-demo"
 DEFAULT_OUT = "loradial-demo"
+DEFAULT_STEPS = 80
 DEFAULT_RANKS = (2, 4, 8, 16)
 DEFAULT_ALPHA_RATIOS = (1, 2)
 SCALES = (0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2)
@@ -65,6 +66,7 @@ class DemoResult(Result):
 def prepare_out(out: str | Path) -> Path:
     """An empty directory for the demo: new, empty, or a previous demo's (cleared); else refuse."""
     root = Path(out)
+    check_out_not_overlapping(root, [("bundled demo assets", ASSETS)])
     if root.exists() and not root.is_dir():
         raise LoradialError(f"output path {root} exists and is a file", "choose a directory with --out")
     if root.is_dir() and any(root.iterdir()):
@@ -87,7 +89,7 @@ def _eval_subset(dest: Path, n: int) -> Path:
 def demo(
     out: str | Path = DEFAULT_OUT,
     *,
-    steps: int = 80,
+    steps: int | None = DEFAULT_STEPS,
     ranks: Sequence[int] = DEFAULT_RANKS,
     alpha_ratios: Sequence[float] = DEFAULT_ALPHA_RATIOS,
     learning_rate: float = 2e-3,
@@ -110,8 +112,11 @@ def demo(
     from loradial.reports.api import report
     from loradial.sweeps.api import sweep
 
+    steps = DEFAULT_STEPS if steps is None else steps
     if steps < 1:
         raise LoradialError(f"--steps must be at least 1, got {steps}", "e.g. --steps 80")
+    if threads is not None and threads < 1:
+        raise LoradialError(f"--threads must be at least 1, got {threads}", "e.g. --threads 1 (fastest on a busy machine)")
     if not DEMO_MODEL.is_dir() or not (DEMO_DATA / "train.jsonl").is_file():
         raise LoradialError(f"the bundled demo model or data is missing under {ASSETS}",
                             "reinstall loradial (the assets ship as package data)")

@@ -10,6 +10,7 @@ runs only with ``trust_remote_code``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,26 @@ def check_model_dir(path: str | Path) -> Path:
     if not any(path.glob("*.safetensors")):
         raise LoradialError(f"no safetensors weights in {path}", "save the model with save_pretrained (safetensors)")
     return path
+
+
+#: bitsandbytes quantizes NF4 on a CPU from this release on (before it, 4-bit needed a CUDA GPU).
+BNB_CPU_4BIT = (0, 48)
+
+
+def check_4bit_support(device_type: str) -> None:
+    """--load-in-4bit's requirements where the base will live: bitsandbytes, and a CUDA GPU or the CPU
+    (bitsandbytes >= 0.48 quantizes and computes NF4 there, slowly)."""
+    if device_type not in ("cuda", "cpu"):
+        raise LoradialError(f"--load-in-4bit does not run on {device_type}", "drop --load-in-4bit on this machine")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise LoradialError("--load-in-4bit needs bitsandbytes", "pip install 'loradial[qlora]'") from None
+    if device_type == "cpu":
+        version = tuple(int(p) for p in re.findall(r"\d+", str(getattr(bitsandbytes, "__version__", "0")))[:2])
+        if version < BNB_CPU_4BIT:
+            raise LoradialError(f"--load-in-4bit on a CPU needs bitsandbytes >= 0.48 (found {bitsandbytes.__version__})",
+                                "pip install -U bitsandbytes, or run on a CUDA GPU")
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
@@ -61,18 +82,13 @@ def load_model(model: str | Path, *, dtype: str = "auto", load_in_4bit: bool = F
     torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "stored": "auto"}[dtype]
     kw: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if load_in_4bit:
-        if dev.type != "cuda":
-            raise LoradialError("--load-in-4bit needs a CUDA GPU", "drop --load-in-4bit on this machine")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise LoradialError("--load-in-4bit needs bitsandbytes", "pip install 'loradial[qlora]'") from None
+        check_4bit_support(dev.type)
         from transformers import BitsAndBytesConfig
 
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        bnb_4bit_use_double_quant=True,
                                                        bnb_4bit_compute_dtype=torch.bfloat16)
-        kw["device_map"] = {"": dev.index or 0}
+        kw["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
     source = str(where) if where.is_dir() else model
     try:
         m = AutoModelForCausalLM.from_pretrained(source, **kw)
@@ -82,6 +98,13 @@ def load_model(model: str | Path, *, dtype: str = "auto", load_in_4bit: bool = F
     tok = load_tokenizer(source, trust_remote_code) if tokenizer else None
     if not load_in_4bit:
         m.to(dev)
+    elif dev.type == "cpu" and not frozen:
+        # bitsandbytes (0.48-0.50) repacks a CPU Linear4bit's weight for its AVX512-BF16 kernel at the first
+        # forward under no_grad (an eval) and from then on computes it with a kernel autograd cannot see:
+        # training after an eval silently loses the input gradient through every quantized layer
+        for mod in m.modules():
+            if hasattr(mod, "support_avx512bf16_for_cpu"):
+                mod.support_avx512bf16_for_cpu = False
     if frozen:
         m.eval()
         for p in m.parameters():

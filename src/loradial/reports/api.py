@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from loradial.errors import LoradialError
-from loradial.io import atomic_write_text
+from loradial.io import atomic_write_text, check_out_not_overlapping
 from loradial.result import Result
 
 __all__ = ["ReportResult", "report"]
@@ -57,10 +57,12 @@ def report(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Repo
         )
     tune = _read_tune(root, notes)
     html, sections, charts = render_html(root, sweep, analysis, plan, notes, tune)
-    atomic_write_text(target, html)
     inputs = [*(sweep.files if sweep else []), *([str(analysis.path)] if analysis else []),
               *([analysis.scale_source] if analysis and analysis.scale_source and analysis.scale_source != str(analysis.path) else []),
               *([str(plan.path)] if plan else [])]
+    check_out_not_overlapping(target, [("directory", root), ("tune.json", root / "tune.json"),
+                                       *(("input", i) for i in inputs)], out_is_file=True)
+    atomic_write_text(target, html)
     return ReportResult(str(target), sections, charts, notes, inputs)
 
 

@@ -117,11 +117,11 @@ def resolve_devices(devices: Sequence[str] | None, ray: str | None, ray_workers:
 
 def check_4bit(devices: Sequence[str]) -> None:
     """--load-in-4bit's requirements, checked before anything is written (the same errors as ``loradial train``)."""
-    if any(kind(d) != "cuda" for d in devices):
-        raise LoradialError("--load-in-4bit needs a CUDA GPU", "drop --load-in-4bit on this machine")
+    from loradial.models.load import check_4bit_support
+
     if is_ray(list(devices)):
+        if any(kind(d) != "cuda" for d in devices):
+            raise LoradialError("--load-in-4bit needs a CUDA GPU", "drop --load-in-4bit on this machine")
         return  # bitsandbytes is needed on the workers, not here
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise LoradialError("--load-in-4bit needs bitsandbytes", "pip install 'loradial[qlora]'") from None
+    for device_type in sorted({kind(d) for d in devices}):
+        check_4bit_support(device_type)
