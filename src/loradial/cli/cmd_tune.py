@@ -87,4 +87,5 @@ def tune_cmd(
                     eval_every=eval_every, metric=metric, max_new_tokens=max_new_tokens, devices=split_list(devices) or None, gpu_memory=gpu_memory,
                     trust_remote_code=trust_remote_code, rank_check=not no_rank_check, progress=True)
 
-    run(call, as_json, render)
+    where = resume or out
+    run(call, as_json, render, interrupted_hint=f"continue it with `loradial tune --resume {where}` (finished work is kept)")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from loradial.errors import LoradialError
-from loradial.io import atomic_write_json, atomic_write_text, read_json
+from loradial.io import atomic_write_json, atomic_write_text, check_out_not_overlapping, read_json
 from loradial.result import Result
 from loradial.settings import DEFAULT, MAX_NEW_TOKENS, TunePolicy
 
@@ -189,7 +189,7 @@ def tune(
     say = _sayer(progress)
     if resume:
         return _resume(out, devices, progress, t0, say)
-    _check_inputs(out, model, data, budget, time)
+    _check_inputs(out, model, data, eval_data, budget, time)
     sweep_kw = dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
                     dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
                     dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code,
@@ -215,7 +215,7 @@ def tune(
         td.unlock()
 
 
-def _check_inputs(out: Path, model, data, budget, time) -> None:
+def _check_inputs(out: Path, model, data, eval_data, budget, time) -> None:
     if model is None or data is None:
         raise LoradialError("model and data are required", "pass --model DIR and --data FILE (or --resume DIR)")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
@@ -226,6 +226,7 @@ def _check_inputs(out: Path, model, data, budget, time) -> None:
         raise LoradialError(f"--time must be a positive number of seconds, got {time!r}", "e.g. --time 3600")
     if (out / PLAN_FILE).exists():
         raise LoradialError(f"{out} already holds a tune", f"continue it with `loradial tune --resume {out}`, or choose a new --out")
+    check_out_not_overlapping(out, [("base model", model), ("training data", data), ("eval data", eval_data)])
 
 
 def _resume(out: Path, devices, progress: bool, t0: float, say) -> TuneResult:

@@ -20,11 +20,11 @@ segment that was killed before its commit are replayed exactly once.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from loradial.errors import runtime_failure
+from loradial.io import temp_sibling_dir
 from loradial.settings import SweepSettings
 from loradial.sweeps.state import STATE_VERSION, SweepDir, fault
 
@@ -86,8 +86,7 @@ def export_adapter(checkpoint: str | Path, dest: Path) -> None:
     src = Path(checkpoint) / "adapter"
     if not src.is_dir():
         raise runtime_failure(f"checkpoint {checkpoint} has no adapter", "the sweep directory is damaged")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = temp_sibling_dir(dest)  # named by pid: the next writer removes it if this process is killed
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         if dest.exists():
