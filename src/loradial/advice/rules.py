@@ -220,8 +220,12 @@ def lora_learning_rate(width: int | None, r: int, rules: dict[str, Any]) -> tupl
                 how = f"held at the widest anchor's {anchors[-1][1]:g}" if above == 0 else \
                     f"{anchors[-1][1]:g} at hidden {hi:g} x ({hi:g}/{width})^{above:g}"
             else:
-                (h0, lr0), (h1, lr1) = next((a, b) for a, b in zip(anchors, anchors[1:]) if a[0] <= width <= b[0])
-                how = f"log-log between {lr0:g} at hidden {h0:g} and {lr1:g} at {h1:g}"
+                at = [lr_a for h_a, lr_a in anchors if h_a == width]
+                if at:  # exactly on an anchor (a single anchor included)
+                    how = f"the anchor's {at[0]:g} at hidden {width}"
+                else:
+                    (h0, lr0), (h1, lr1) = next((a, b) for a, b in zip(anchors, anchors[1:]) if a[0] <= width <= b[0])
+                    how = f"log-log between {lr0:g} at hidden {h0:g} and {lr1:g} at {h1:g}"
             why = f"hidden size {width}: {how}"
     exponent = float(cfg.get("rank_exponent", 0.0))
     ref = float(cfg["reference_rank"])
