@@ -152,3 +152,19 @@ def test_one_process_per_sweep(tmp_path):
         a.unlock()
     b.lock()
     b.unlock()
+
+
+def test_colliding_config_names_are_an_error():
+    from loradial.errors import LoradialError
+    from loradial.sweeps.grid import build_grid
+
+    with pytest.raises(LoradialError, match="share the name"):
+        build_grid([4], targets=["re:.*q_proj", "re:.*q.proj"])  # both sanitize to '-tre___q_proj'
+    assert len(build_grid([4], alphas="8,8")) == 1  # the same point twice is one config
+
+
+@pytest.mark.parametrize("verb, flag", [("sweep", ["--ranks", "4"]), ("sweep", ["--steps", "9"]),
+                                        ("tune", ["--budget", "9"]), ("train", ["--lr", "1e-3"])])
+def test_resume_with_settings_flags_is_refused_naming_them(cli, tmp_path, verb, flag):
+    code, _, err = cli(verb, "--resume", tmp_path / "run", *flag)
+    assert code == 2 and f"{flag[0]} would be ignored" in err and "Traceback" not in err

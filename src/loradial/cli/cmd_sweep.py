@@ -9,7 +9,7 @@ from rich.table import Table
 
 from loradial.cli import options as opt
 from loradial.settings import MAX_NEW_TOKENS, DEFAULT, SweepSettings
-from loradial.cli.common import app, console, run, split_list
+from loradial.cli.common import app, given_options, refuse_with_resume, console, run, split_list
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -52,6 +52,7 @@ def render(result) -> None:
 
 @app.command("sweep")
 def sweep_cmd(
+    ctx: typer.Context,
     model: opt.ModelDir = None,
     data: opt.Data = None,
     out: opt.OutDir = None,
@@ -97,10 +98,13 @@ def sweep_cmd(
     """
     from loradial.sweeps.api import sweep as run_sweep
 
+    ignored = given_options(ctx, ("resume", "as_json", "devices", "ray", "ray_workers"))
+
     def call():
         from loradial.errors import LoradialError
 
         if resume:
+            refuse_with_resume(ignored)
             return run_sweep(out=resume, resume=True, devices=split_list(devices) or None, ray=ray,
                              ray_workers=ray_workers, progress=True)
         if out is None:

@@ -10,7 +10,7 @@ from rich.table import Table
 from loradial.errors import LoradialError
 from loradial.cli import options as opt
 from loradial.settings import DEFAULT
-from loradial.cli.common import app, console, run
+from loradial.cli.common import app, given_options, refuse_with_resume, console, run
 
 
 def _fmt(x) -> str:
@@ -19,6 +19,7 @@ def _fmt(x) -> str:
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     model: opt.ModelAny = None,
     data: opt.Data = None,
     rank: Optional[int] = typer.Option(None, "--rank", "-r", help="LoRA rank r."),
@@ -58,7 +59,11 @@ def train_cmd(
     """
     from loradial import train
 
+    ignored = given_options(ctx, ("resume", "as_json"))
+
     def call():
+        if resume is not None:
+            refuse_with_resume(ignored)
         if rank is not None and rank < 1:
             raise LoradialError(f"--rank must be a positive integer, got {rank}", "e.g. --rank 16")
         if alpha is not None and not alpha > 0:

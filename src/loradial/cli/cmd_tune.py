@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from loradial.cli import options as opt
-from loradial.cli.common import app, console, run, split_list
+from loradial.cli.common import app, given_options, refuse_with_resume, console, run, split_list
 from loradial.errors import LoradialError
 from loradial.settings import MAX_NEW_TOKENS, DEFAULT
 
@@ -36,6 +36,7 @@ def render(res) -> None:
 
 @app.command("tune")
 def tune_cmd(
+    ctx: typer.Context,
     model: opt.ModelDir = None,
     data: opt.Data = None,
     out: opt.OutDir = None,
@@ -75,8 +76,11 @@ def tune_cmd(
     """
     from loradial.flows.tune import tune
 
+    ignored = given_options(ctx, ("resume", "as_json", "devices"))
+
     def call():
         if resume:
+            refuse_with_resume(ignored)
             return tune(out=resume, resume=True, devices=split_list(devices) or None, progress=True)
         if out is None:
             raise LoradialError("no output directory", "pass --out DIR (or --resume DIR to continue a tune)")

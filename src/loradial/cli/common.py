@@ -97,6 +97,23 @@ def boundary_error(e: BaseException) -> LoradialError:
                          "(LORADIAL_DEBUG=1 prints the traceback)", exit_code=1)
 
 
+def given_options(ctx: typer.Context, allowed: tuple[str, ...]) -> list[str]:
+    """The options of the running command given on its command line, but those ``allowed``."""
+    def source(name: str) -> str:  # typer ships its own click: compare the enum by name
+        return getattr(ctx.get_parameter_source(name), "name", "")
+
+    return [p.opts[0] for p in ctx.command.params if p.name not in allowed and source(p.name) == "COMMANDLINE"]
+
+
+def refuse_with_resume(given: list[str]) -> None:
+    """With --resume a run's settings come from its directory: options that would be silently ignored
+    are an error (exit 2) that names them."""
+    if given:
+        names = ", ".join(given)
+        raise LoradialError(f"--resume continues with the settings saved in the run's directory; {names} would be ignored",
+                            f"drop {names}, or start a new run with another --out")
+
+
 def split_list(text: str | None, cast: Callable[[str], Any] = str, what: str = "value") -> list[Any]:
     """Parse '4,8,16' into [4, 8, 16], with a clean error naming the bad item."""
     if text is None:

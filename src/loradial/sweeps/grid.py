@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from loradial.advice.rules import lr_for_rank
 from loradial.errors import LoradialError
+from loradial.settings import DEFAULT
 
 VARIANTS = ("lora", "rslora", "dora")
 
@@ -105,7 +106,7 @@ def build_grid(
     alphas: AlphaRule | str | None = None,
     variants: Sequence[str] = ("lora",),
     targets: Sequence[str] = ("all-linear",),
-    lrs: Sequence[float] = (2e-4,),
+    lrs: Sequence[float] = (DEFAULT.lr,),
     lr_rank_exponent: float = 0.0,
     seeds: Sequence[int] = (0,),
 ) -> list[SweepConfig]:
@@ -129,7 +130,13 @@ def build_grid(
         lr_r = lr_for_rank(lr, r, lr_rank_exponent)
         for alpha in rule.alphas(r):
             name = config_name(r, alpha, variant, lr_r, tgt if name_targets else None, seed if name_seeds else None)
-            out.setdefault(name, SweepConfig(name, r, alpha, variant, tgt, lr_r, seed))
+            cfg = SweepConfig(name, r, alpha, variant, tgt, lr_r, seed)
+            if out.setdefault(name, cfg) != cfg:  # two different points, one name (and one adapters/<name>/)
+                other = out[name]
+                raise LoradialError(f"two configs of the grid would share the name {name!r}: targets {other.targets!r} "
+                                    f"and {tgt!r}" if other.targets != tgt else
+                                    f"two configs of the grid would share the name {name!r}",
+                                    "make the target sets differ in their letters and digits, or sweep them separately")
     return list(out.values())
 
 
