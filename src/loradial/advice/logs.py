@@ -17,7 +17,13 @@ Formats (``detect`` picks one from the path and its contents):
   iter, learning_rate, ...; validation rows with val_loss and val_ppl (other cells empty).
 * ``csv`` / ``jsonl`` / ``json``  plain tables with ``step``, ``loss`` and/or ``eval_loss``.
 
-Key aliases (first present wins): step <- step, global_step, iter, _step; train loss <- loss,
+* ``wandb``       a W&B run history export (CSV or JSONL with ``_step``; HF's ``train/global_step`` is the step).
+* ``llamafactory`` LLaMA-Factory's ``trainer_log.jsonl`` (``current_steps``, ``loss`` / ``eval_loss``).
+* ``tensorboard`` ``events.out.tfevents.*`` files (a file or a run directory), read with the
+  ``tensorboard`` package's event reader: scalar tags become keys (``train/loss``, ``eval/loss``, ...).
+* ``mlflow``      an MLflow run directory (file store): ``metrics/<key>`` files of ``timestamp value step`` lines.
+
+Key aliases (first present wins): step <- step, global_step, train/global_step, current_steps, iter, _step; train loss <- loss,
 train_loss, train/loss; eval loss <- eval_loss, val_loss, validation_loss, eval/loss, val/loss;
 lr <- learning_rate, lr, train/learning_rate; grad norm <- grad_norm, train/grad_norm.
 """
@@ -35,7 +41,9 @@ from typing import Any, Iterable
 
 from loradial.errors import LoradialError
 
-STEP_KEYS = ("step", "global_step", "iter", "_step")
+#: The trainer's own step first: W&B history exports carry HF's ``train/global_step`` beside W&B's
+#: ``_step`` (a count of log calls); LLaMA-Factory's trainer_log.jsonl names it ``current_steps``.
+STEP_KEYS = ("step", "global_step", "train/global_step", "current_steps", "iter", "_step")
 LOSS_KEYS = ("loss", "train_loss", "train/loss")
 EVAL_KEYS = ("eval_loss", "val_loss", "validation_loss", "eval/loss", "val/loss", "valid_loss")
 LR_KEYS = ("learning_rate", "lr", "train/learning_rate")
@@ -43,7 +51,8 @@ GRAD_KEYS = ("grad_norm", "train/grad_norm", "gradient_norm")
 DEFAULT_ADAPTER = "default"
 
 EXPECTED = ("expected trainer_state.json (HF Trainer/TRL/Axolotl/LLaMA-Factory), loradial metrics.jsonl, "
-            "litgpt metrics.csv, torchtune log_*.txt, or a CSV/JSONL with step, loss, eval_loss")
+            "litgpt metrics.csv, torchtune log_*.txt, LLaMA-Factory trainer_log.jsonl, a W&B history export, "
+            "TensorBoard event files, an MLflow run directory, or a CSV/JSONL with step, loss, eval_loss")
 
 
 @dataclasses.dataclass
@@ -197,8 +206,46 @@ def read_csv_records(text: str) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, list(reader.fieldnames or [])
 
 
+def read_tensorboard(path: Path) -> list[dict[str, Any]]:
+    """Scalars of TensorBoard event files (a file, or every event file of a directory) as step records."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        raise LoradialError("reading TensorBoard event files needs the tensorboard package",
+                            "pip install tensorboard (or export the run's scalars as CSV)") from None
+    files = [path] if path.is_file() else sorted(path.rglob("events.out.tfevents.*"))
+    merged: dict[int, dict[str, Any]] = {}
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        try:
+            acc.Reload()
+        except Exception as e:  # noqa: BLE001 - a damaged event file is the user's input
+            raise LoradialError(f"could not read TensorBoard events {f}: {e}", EXPECTED) from None
+        for tag in acc.Tags().get("scalars", []):
+            for ev in acc.Scalars(tag):
+                merged.setdefault(int(ev.step), {"step": int(ev.step)})[tag] = float(ev.value)
+    return [merged[s] for s in sorted(merged)]
+
+
+def read_mlflow(run: Path) -> list[dict[str, Any]]:
+    """An MLflow file-store run: ``metrics/<key>`` files, one ``timestamp value step`` line per logged value."""
+    merged: dict[int, dict[str, Any]] = {}
+    root = run / "metrics"
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        key = f.relative_to(root).as_posix()
+        for line in _read_text(f).splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and _num(parts[1]) is not None and parts[2].lstrip("-").isdigit():
+                merged.setdefault(int(parts[2]), {"step": int(parts[2])})[key] = _num(parts[1])
+    return [merged[s] for s in sorted(merged)]
+
+
 def _find_in_dir(path: Path) -> Path:
-    for name in ("trainer_state.json", "metrics.jsonl", "metrics.csv"):
+    if (path / "metrics").is_dir() and (path / "meta.yaml").is_file():
+        return path  # an MLflow run directory
+    if any(path.glob("events.out.tfevents.*")) or any(path.glob("*/events.out.tfevents.*")):
+        return path  # a TensorBoard run directory
+    for name in ("trainer_state.json", "metrics.jsonl", "metrics.csv", "trainer_log.jsonl"):
         if (path / name).is_file():
             return path / name
     ckpts = sorted((p for p in path.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
@@ -220,7 +267,11 @@ def read_log(path: str | Path) -> LogData:
         raise LoradialError(f"log not found: {p}", EXPECTED)
     suffix = p.suffix.lower()
     adapter_key: str | None = "adapter"
-    if suffix == ".json":
+    if p.is_dir() and (p / "metrics").is_dir():
+        fmt, records, adapter_key = "mlflow", read_mlflow(p), None
+    elif p.is_dir() or p.name.startswith("events.out.tfevents."):
+        fmt, records, adapter_key = "tensorboard", read_tensorboard(p), None
+    elif suffix == ".json":
         text = _read_text(p)
         try:
             obj = json.loads(text)
@@ -238,11 +289,16 @@ def read_log(path: str | Path) -> LogData:
             fmt = "loradial"
         elif any("tokens_per_second_per_gpu" in r for r in records):
             fmt = "torchtune"
+        elif any("current_steps" in r for r in records):
+            fmt = "llamafactory"
+        elif any("_step" in r for r in records):
+            fmt = "wandb"
         else:
             fmt = "jsonl"
     elif suffix == ".csv":
         records, fields = read_csv_records(_read_text(p))
-        fmt = "litgpt" if {"val_ppl", "iter_time", "total_tokens"} & set(fields) else "csv"
+        fmt = ("litgpt" if {"val_ppl", "iter_time", "total_tokens"} & set(fields) else
+               "wandb" if "_step" in fields else "csv")
     elif suffix in (".txt", ".log"):
         records = read_torchtune_txt(_read_text(p))
         if not records:
