@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loradial.advice.export import FORMATS, export_config
+from loradial.advice.export import export_config
 
 SCHEMAS = Path(__file__).parent / "data" / "schemas"
 

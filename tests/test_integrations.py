@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from test_engine_fixtures import sentences, tiny_llama, tiny_tokenizer
 

@@ -300,14 +300,17 @@ def _check_tensor(key: str, t: Any, dims: int | None = None) -> None:
 
 
 def load_adapter(path: str | Path, allow_pickle: bool = False, verb: str | None = None) -> Adapter:
-    """Read and validate a PEFT LoRA adapter directory (safetensors; ``.bin`` only with ``allow_pickle``).
+    """Read and validate a PEFT LoRA adapter directory (safetensors; ``.bin`` only with ``allow_pickle``);
+    ``path`` may be a Hub id (``models.hub.resolve_adapter``: only the adapter's files are downloaded).
 
     Checks: every config field is one ``verb`` supports (``features.check``; without a verb, only what
     no verb can read is refused); every module has both A and B; A is (r, d_in), B is (d_out, r)
     with equal r, and r equals PEFT's per-module rank (``rank_pattern`` or ``r``); float dtypes;
     no NaN/Inf; magnitude and bias are (d_out,).
     """
-    path = Path(path).expanduser()
+    from loradial.models.hub import resolve_adapter
+
+    path = resolve_adapter(path)  # a local directory, or a Hub id's snapshot
     if path.is_file() and path.name in (SAFETENSORS_NAME, BIN_NAME, CONFIG_NAME):
         path = path.parent
     if not path.is_dir():
