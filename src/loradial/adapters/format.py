@@ -482,11 +482,18 @@ def state_dict(adapter: Adapter) -> dict[str, Any]:
 _OWN_FILES = {CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME}
 
 
+def _our_card(f: Path) -> bool:
+    """loradial's model card describes the adapter it was written for, not one derived from it."""
+    from loradial.adapters.card import CARD_MARK
+
+    return f.name == "README.md" and CARD_MARK in f.read_text(encoding="utf-8", errors="replace")
+
+
 def save_adapter(adapter: Adapter, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``adapter`` as a PEFT adapter directory, atomically (loadable by ``PeftModel.from_pretrained``).
 
-    The directory appears complete or not at all. Other files of the source directory (README,
-    tokenizer files) are copied alongside.
+    The directory appears complete or not at all. Other files of the source directory (tokenizer files,
+    a README unless it is loradial's model card of the source adapter) are copied alongside.
     """
     from safetensors.torch import save_file
 
@@ -503,6 +510,6 @@ def save_adapter(adapter: Adapter, path: str | Path, overwrite: bool = False) ->
         atomic_write_json(tmp / CONFIG_NAME, adapter.config)
         if adapter.source is not None and Path(adapter.source).is_dir():
             for f in Path(adapter.source).iterdir():
-                if f.is_file() and f.name not in _OWN_FILES and not f.name.startswith("."):
+                if f.is_file() and f.name not in _OWN_FILES and not f.name.startswith(".") and not _our_card(f):
                     shutil.copy2(f, tmp / f.name)
     return path
