@@ -386,7 +386,7 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     ``learning_rate`` and, if present, ``lora_dropout``, ``rank_pattern``, ``alpha_pattern``;
     ``variant`` ('lora' | 'rslora' | 'dora') stands in for use_rslora/use_dora when those are absent.
     ``settings.model``, ``steps`` (else ``epochs``) and ``settings.train`` (a ``TrainSettings``: max_len,
-    batch_size, grad_accum, gradient_checkpointing, dropout, schedule, warmup, weight decay, clipping)
+    batch_size, grad_accum, gradient_checkpointing, dropout, schedule, warmup, weight decay, clipping, load_in_4bit)
     fill the training keys; a results.json of an earlier release is migrated first.
     """
     configs = results.get("configs")
