@@ -6,12 +6,30 @@ objects, an object holding one such list, or JSON lines under a .json name), ``.
 
 Formats, detected per record (first match wins):
 
-- ``messages``: a chat, a list of ``{"role", "content"}``; rendered with the tokenizer's chat
-  template; loss only on the assistant turns (each turn's span is found by rendering the chat
-  incrementally, so the template's own markup around a turn is learned only where it belongs to it);
+- ``messages``: a chat, a list of ``{"role", "content"}``; token ids are exactly
+  ``tokenizer.apply_chat_template(messages, tokenize=True)`` (the rendered chat tokenized once, so no
+  token is split at a turn boundary); loss only on the assistant turns (see "Chat loss masks");
 - ``prompt`` + ``completion``: loss only on the completion (plus EOS); both may also be message
-  lists (TRL's conversational prompt/completion), then the completion turns are the trained ones;
+  lists (TRL's conversational prompt/completion): then the ids are those of the whole chat, and the
+  trained tokens are the assistant tokens after the longest common prefix of the prompt's ids
+  (rendered with the generation prompt) and the whole chat's ids, as TRL computes them;
 - ``text``: loss on every token (plus EOS).
+
+Chat loss masks are TRL's ``SFTTrainer(assistant_only_loss=True)`` masks:
+
+- a template with ``{% generation %}`` ... ``{% endgeneration %}`` markers: transformers'
+  ``apply_chat_template(..., return_assistant_tokens_mask=True)``, the very mask TRL uses (every token
+  from the one holding a marked span's first character to the one holding its last);
+- a template without markers (TRL swaps in its own training template for the ones it knows and
+  refuses the others): each assistant turn's span is found by rendering the chat incrementally,
+  ``render(msgs[:j+1])`` minus ``render(msgs[:j], add_generation_prompt=True)``: the turn's content,
+  its end-of-turn token and whatever the template writes after it before the next turn (ChatML's
+  newline after ``<|im_end|>``); mapped to tokens as transformers maps generation spans. For a
+  Llama-3-style template this equals TRL's mask; for Qwen2.5 TRL's training template also trains
+  the newline after ``<|im_start|>assistant``, which belongs to the generation prompt here. A
+  template that does not render a prefix of the chat as a prefix trains only the final assistant turn.
+- a slow (Python) tokenizer has no character offsets: the rendered chat is tokenized piece by piece
+  at the turn boundaries instead (ids may then differ from ``apply_chat_template``'s at a boundary).
 
 Labels follow Hugging Face's convention: aligned with ``input_ids`` (the model shifts), ``-100``
 where no loss is taken.
@@ -22,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -212,6 +231,78 @@ def _render(tokenizer, msgs: list[dict], generation_prompt: bool = False) -> str
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_generation_markers(template: str | dict | None) -> bool:
+    """Whether a chat template marks assistant output with ``{% generation %}`` (TRL's test, trim variants
+    included; for a template shipped as named variants, the ``default`` one)."""
+    if isinstance(template, dict):
+        template = template.get("default")
+    return bool(template) and _GENERATION.search(template) is not None
+
+
+def _check_template(tokenizer) -> None:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise LoradialError("the tokenizer has no chat template, so 'messages' data cannot be rendered",
+                            "use a chat model's tokenizer, or prompt/completion or text data")
+
+
+def _chat_encode(tokenizer, msgs: list[dict], **kw):
+    return tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, **kw)
+
+
+def _span_mask(enc, spans: list[tuple[int, int]], n: int) -> list[int]:
+    """1 on every token from the one holding a span's first character to the one holding its last
+    (transformers' mapping of generation spans); characters no token holds (whitespace a pre-tokenizer
+    dropped) are skipped inward from both ends."""
+    mask = [0] * n
+    for start, end in spans:
+        first = next((t for c in range(start, end) if (t := enc.char_to_token(c)) is not None), None)
+        last = next((t for c in range(end - 1, start - 1, -1) if (t := enc.char_to_token(c)) is not None), None)
+        if first is not None and last is not None:
+            mask[first:last + 1] = [1] * (last + 1 - first)
+    return mask
+
+
+def chat_token_mask(tokenizer, msgs: list[dict], train_from: int = 0) -> tuple[list[int], list[int]]:
+    """(input_ids, mask) of a chat: ids are ``apply_chat_template(msgs, tokenize=True)``'s, mask 1 on the
+    trained assistant tokens (see the module docstring); with ``train_from`` (a conversational prompt of
+    that many messages) only tokens after the common prefix with the prompt's ids (TRL's completion mask)."""
+    _check_template(tokenizer)
+    if not getattr(tokenizer, "is_fast", False):
+        ids, mask = [], []
+        for text, trained in chat_segments(tokenizer, msgs, train_from):
+            seg = _ids(tokenizer, text, False)
+            ids += seg
+            mask += [int(trained)] * len(seg)
+        return ids, mask
+    if has_generation_markers(tokenizer.chat_template):
+        enc = _chat_encode(tokenizer, msgs, return_assistant_tokens_mask=True)
+        ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    else:
+        text = _render(tokenizer, msgs)
+        enc = tokenizer(text, add_special_tokens=False)  # what apply_chat_template(tokenize=True) runs
+        ids = list(enc["input_ids"])
+        mask = _span_mask(enc, _assistant_spans(tokenizer, msgs, text), len(ids))
+    if train_from:
+        prompt = list(_chat_encode(tokenizer, msgs[:train_from], add_generation_prompt=True)["input_ids"])
+        n = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
+        mask = [0] * n + mask[n:]
+    return ids, mask
+
+
+def _assistant_spans(tokenizer, msgs: list[dict], full: str) -> list[tuple[int, int]]:
+    """Character spans of the assistant turns in ``full`` (the rendered chat), by incremental rendering."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for text, trained in chat_segments(tokenizer, msgs):
+        if trained:
+            spans.append((pos, pos + len(text)))
+        pos += len(text)
+    return spans
+
+
 def chat_segments(tokenizer, msgs: list[dict], train_from: int = 0) -> list[tuple[str, bool]]:
     """Split the rendered chat into (text, trained) pieces: assistant turns at index >= train_from are trained.
 
@@ -219,9 +310,7 @@ def chat_segments(tokenizer, msgs: list[dict], train_from: int = 0) -> list[tupl
     When the template is not incremental (a prefix does not render as a prefix), only the final
     assistant turn is trained.
     """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise LoradialError("the tokenizer has no chat template, so 'messages' data cannot be rendered",
-                            "use a chat model's tokenizer, or prompt/completion or text data")
+    _check_template(tokenizer)
     full = _render(tokenizer, msgs)
     pieces: list[tuple[str, bool]] = []
     done = 0
@@ -266,13 +355,8 @@ def tokenize_record(rec: dict, tokenizer, where: str = "record") -> dict[str, li
         msgs, train_from = list(rec["prompt"]) + list(rec["completion"]), len(rec["prompt"])
     else:
         msgs, train_from = rec["messages"], 0
-    ids: list[int] = []
-    labels: list[int] = []
-    for text, trained in chat_segments(tokenizer, msgs, train_from):
-        seg = _ids(tokenizer, text, False)
-        ids += seg
-        labels += seg if trained else [IGNORE_INDEX] * len(seg)
-    return {"input_ids": ids, "labels": labels}
+    ids, mask = chat_token_mask(tokenizer, msgs, train_from)
+    return {"input_ids": ids, "labels": [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]}
 
 
 def _trainable(ex: dict) -> bool:

@@ -42,8 +42,10 @@ LOSS_CHUNK = 1024  # label tokens per output-head chunk
 
 # --- the base model: loradial.models.load (one loader for every verb) ---------------------------
 def load_base_model(path: str | Path, device: Any = None, trust_remote_code: bool = False):
-    """The frozen base under an adapter being measured: a local directory, its stored dtype."""
-    return load_model(path, dtype="stored", device=device, trust_remote_code=trust_remote_code, local_only=True,
+    """The frozen base under an adapter being measured: a local directory or a Hub id, its stored dtype."""
+    from loradial.models.hub import resolve_model
+
+    return load_model(resolve_model(path), dtype="stored", device=device, trust_remote_code=trust_remote_code, local_only=True,
                       frozen=True, tokenizer=False)[0]
 
 
@@ -391,7 +393,9 @@ def open_eval_session(model: str | Path, data: str | Path, max_len: int = EVAL.m
                             f"e.g. --batch-size {EVAL.batch_size} --max-len {EVAL.max_len}")
     if max_examples is not None and max_examples < 1:
         raise LoradialError(f"--max-examples must be ≥ 1, got {max_examples}", "e.g. --max-examples 200 (or leave it out)")
-    model_path = check_model_dir(model)
+    from loradial.models.hub import resolve_model
+
+    model_path = check_model_dir(resolve_model(model))
     tok = load_tokenizer(model_path, trust_remote_code)
     examples = _load_examples(data, tok, max_len, max_examples)
     base = load_base_model(model_path, device=device, trust_remote_code=trust_remote_code)

@@ -300,14 +300,17 @@ def _check_tensor(key: str, t: Any, dims: int | None = None) -> None:
 
 
 def load_adapter(path: str | Path, allow_pickle: bool = False, verb: str | None = None) -> Adapter:
-    """Read and validate a PEFT LoRA adapter directory (safetensors; ``.bin`` only with ``allow_pickle``).
+    """Read and validate a PEFT LoRA adapter directory (safetensors; ``.bin`` only with ``allow_pickle``);
+    ``path`` may be a Hub id (``models.hub.resolve_adapter``: only the adapter's files are downloaded).
 
     Checks: every config field is one ``verb`` supports (``features.check``; without a verb, only what
     no verb can read is refused); every module has both A and B; A is (r, d_in), B is (d_out, r)
     with equal r, and r equals PEFT's per-module rank (``rank_pattern`` or ``r``); float dtypes;
     no NaN/Inf; magnitude and bias are (d_out,).
     """
-    path = Path(path).expanduser()
+    from loradial.models.hub import resolve_adapter
+
+    path = resolve_adapter(path)  # a local directory, or a Hub id's snapshot
     if path.is_file() and path.name in (SAFETENSORS_NAME, BIN_NAME, CONFIG_NAME):
         path = path.parent
     if not path.is_dir():
@@ -479,11 +482,18 @@ def state_dict(adapter: Adapter) -> dict[str, Any]:
 _OWN_FILES = {CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME}
 
 
+def _our_card(f: Path) -> bool:
+    """loradial's model card describes the adapter it was written for, not one derived from it."""
+    from loradial.adapters.card import CARD_MARK
+
+    return f.name == "README.md" and CARD_MARK in f.read_text(encoding="utf-8", errors="replace")
+
+
 def save_adapter(adapter: Adapter, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``adapter`` as a PEFT adapter directory, atomically (loadable by ``PeftModel.from_pretrained``).
 
-    The directory appears complete or not at all. Other files of the source directory (README,
-    tokenizer files) are copied alongside.
+    The directory appears complete or not at all. Other files of the source directory (tokenizer files,
+    a README unless it is loradial's model card of the source adapter) are copied alongside.
     """
     from safetensors.torch import save_file
 
@@ -500,6 +510,6 @@ def save_adapter(adapter: Adapter, path: str | Path, overwrite: bool = False) ->
         atomic_write_json(tmp / CONFIG_NAME, adapter.config)
         if adapter.source is not None and Path(adapter.source).is_dir():
             for f in Path(adapter.source).iterdir():
-                if f.is_file() and f.name not in _OWN_FILES and not f.name.startswith("."):
+                if f.is_file() and f.name not in _OWN_FILES and not f.name.startswith(".") and not _our_card(f):
                     shutil.copy2(f, tmp / f.name)
     return path

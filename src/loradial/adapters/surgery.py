@@ -330,6 +330,9 @@ def merge(
     check_out_not_overlapping(out, [("input adapter", ad.source), ("base model", model)])
     check_shard_size(max_shard_size)
     check_output_dir(out, overwrite)
+    from loradial.models.hub import resolve_model
+
+    model = resolve_model(model)  # a Hub id's snapshot: its tokenizer files are copied below too
     base = load_base_model(model, device="cpu", trust_remote_code=trust_remote_code)
     notes: list[str] = []
     located = {name: locate(base, m) for name, m in ad.modules.items()}

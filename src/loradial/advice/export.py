@@ -7,19 +7,26 @@ never dropped silently. Key names were checked against each tool's source:
 * ``peft``          JSON of ``peft.LoraConfig`` keyword arguments.
 * ``trl``           YAML for ``trl sft --config``: ModelConfig (use_peft, lora_r, lora_alpha, lora_dropout,
                     lora_target_modules, use_rslora, use_dora, model_name_or_path) + SFTConfig (_HF_KEYS).
-* ``axolotl``       YAML: adapter: lora, lora_r, lora_alpha (an int), lora_dropout, lora_target_linear
-                    or lora_target_modules, peft_use_rslora, peft_use_dora, micro_batch_size, ...
-                    (axolotl's LoraConfig schema has no rank_pattern).
+* ``axolotl``       YAML: adapter: lora (qlora + load_in_4bit: true for a 4-bit base), lora_r, lora_alpha
+                    (an int), lora_dropout, lora_target_linear or lora_target_modules, peft_use_rslora,
+                    peft_use_dora, lora_rank_pattern / lora_alpha_pattern (regex -> int, forwarded to
+                    PEFT's rank_pattern / alpha_pattern; axolotl >= 0.19), micro_batch_size, ...
 * ``llamafactory``  YAML: finetuning_type: lora, lora_rank, lora_alpha, lora_dropout, lora_target
-                    ('all' or comma-separated names), use_rslora, use_dora,
-                    disable_gradient_checkpointing (LLaMA-Factory checkpoints by default).
-* ``unsloth``       JSON: ``get_peft_model`` keyword arguments (target_modules as an explicit list;
-                    Unsloth iterates it) and the trainer arguments beside them.
+                    ('all' or comma-separated names), use_rslora, use_dora, quantization_bit: 4 for a
+                    4-bit base, disable_gradient_checkpointing (LLaMA-Factory checkpoints by default).
+* ``unsloth``       JSON: ``from_pretrained`` (load_in_4bit always explicit: Unsloth's default is True,
+                    which would replay a LoRA measurement as QLoRA), ``get_peft_model`` keyword arguments
+                    (target_modules as an explicit list; Unsloth iterates it) and the trainer arguments.
 * ``torchtune``     YAML fragment of a LoRA recipe: model.lora_attn_modules (q_proj, k_proj, v_proj,
                     output_proj), apply_lora_to_mlp (all MLP projections or none),
                     apply_lora_to_output, lora_rank, lora_alpha, lora_dropout, use_dora;
                     optimizer.lr/weight_decay, batch_size, epochs, max_steps_per_epoch, clip_grad_norm, ...
                     No rsLoRA: alpha is rescaled to alpha*sqrt(r), so alpha'/r = alpha/sqrt(r) (same s).
+
+Every format is checked in tests by the tool's own parser where it installs (PEFT ``LoraConfig``, TRL's
+``HfArgumentParser((ModelConfig, SFTConfig))``, axolotl's ``AxolotlInputConfig``, LLaMA-Factory's
+argument parser, torchtune's ``config.validate``) and always against each tool's field list committed
+in tests/data/schemas/ (with the version and source it was read from).
 
 The input is a config in PEFT's vocabulary (``CONFIG_KEYS``) plus optional training settings
 (``TRAIN_KEYS``, the engine's names) that each builder writes as its tool's keys; warmup in steps (the
@@ -43,7 +50,8 @@ from loradial.advice.rules import plain_number
 FORMATS = ("peft", "trl", "axolotl", "llamafactory", "unsloth", "torchtune")
 CONFIG_KEYS = ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "lora_dropout", "rank_pattern", "alpha_pattern")
 TRAIN_KEYS = ("model", "learning_rate", "micro_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "seq_len",
-              "max_steps", "epochs", "schedule", "warmup_steps", "warmup_ratio", "max_grad_norm", "weight_decay")
+              "max_steps", "epochs", "schedule", "warmup_steps", "warmup_ratio", "max_grad_norm", "weight_decay",
+              "load_in_4bit")
 REQUIRED = ("r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "learning_rate")
 #: TRAIN_KEYS -> the keys of trainers built on HF TrainingArguments (TRL's SFTConfig, LLaMA-Factory, Unsloth).
 _HF_KEYS = {"learning_rate": "learning_rate", "micro_batch_size": "per_device_train_batch_size",
@@ -158,6 +166,8 @@ def _trl(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                 "lora_dropout": c.get("lora_dropout", 0.0),
                 "lora_target_modules": targets if isinstance(targets, str) else list(targets),
                 "use_rslora": c["use_rslora"], "use_dora": c["use_dora"]})
+    if c.get("load_in_4bit"):
+        doc["load_in_4bit"] = True
     doc.update(_training(c, {**_HF_KEYS, "gradient_checkpointing": "gradient_checkpointing", "seq_len": "max_length"}))
     return doc
 
@@ -175,11 +185,12 @@ def _training(c: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
 
 
 def _axolotl(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
-    _pattern_warning(c, "axolotl", w)
     doc: dict[str, Any] = {}
     if c.get("model"):
         doc["base_model"] = c["model"]
-    doc.update({"adapter": "lora", "lora_r": c["r"],
+    if c.get("load_in_4bit"):
+        doc["load_in_4bit"] = True
+    doc.update({"adapter": "qlora" if c.get("load_in_4bit") else "lora", "lora_r": c["r"],
                 "lora_alpha": _int_alpha(c["lora_alpha"], c["r"], c["use_rslora"], "axolotl", w),
                 "lora_dropout": c.get("lora_dropout", 0.0)})
     t = c["target_modules"]
@@ -188,6 +199,12 @@ def _axolotl(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     else:
         doc["lora_target_modules"] = t if isinstance(t, str) else list(t)
     doc.update({"peft_use_rslora": c["use_rslora"], "peft_use_dora": c["use_dora"]})
+    if c.get("rank_pattern"):
+        doc["lora_rank_pattern"] = {k: int(v) for k, v in c["rank_pattern"].items()}
+    if c.get("alpha_pattern"):  # axolotl types the values as positive ints, like lora_alpha
+        doc["lora_alpha_pattern"] = {k: _int_alpha(v, c.get("rank_pattern", {}).get(k, c["r"]), c["use_rslora"],
+                                                   f"axolotl (alpha_pattern {k!r})", w)
+                                     for k, v in c["alpha_pattern"].items()}
     doc.update(_training(c, _AXOLOTL_KEYS))
     return doc
 
@@ -212,6 +229,8 @@ def _llamafactory(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
                 "lora_alpha": _int_alpha(c["lora_alpha"], c["r"], c["use_rslora"], "LLaMA-Factory", w),
                 "lora_dropout": c.get("lora_dropout", 0.0), "lora_target": target,
                 "use_rslora": c["use_rslora"], "use_dora": c["use_dora"]})
+    if c.get("load_in_4bit"):
+        doc["quantization_bit"] = 4
     doc.update(_training(c, {**_HF_KEYS, "seq_len": "cutoff_len"}))
     if c.get("gradient_checkpointing") is not None:
         doc["disable_gradient_checkpointing"] = not c["gradient_checkpointing"]
@@ -244,9 +263,9 @@ def _unsloth(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
     if passed:
         w.append(f"Unsloth's get_peft_model has no {', '.join(passed)} parameter; they are passed through its "
                  "**kwargs to peft.LoraConfig, outside Unsloth's optimized path")
-    doc: dict[str, Any] = {}
-    if c.get("model") or c.get("seq_len"):
-        doc["from_pretrained"] = {k: v for k, v in (("model_name", c.get("model")), ("max_seq_length", c.get("seq_len"))) if v}
+    # Unsloth's from_pretrained defaults to load_in_4bit=True: without it a replay trains QLoRA, not what was measured
+    doc: dict[str, Any] = {"from_pretrained": {k: v for k, v in (("model_name", c.get("model")), ("max_seq_length", c.get("seq_len"))) if v}}
+    doc["from_pretrained"]["load_in_4bit"] = bool(c.get("load_in_4bit"))
     doc["get_peft_model"] = kwargs
     train = _training(c, _HF_KEYS)
     if train:
@@ -290,6 +309,9 @@ def _torchtune(c: dict[str, Any], info, w: list[str]) -> dict[str, Any]:
         alpha = plain_number(round(alpha * math.sqrt(c["r"]), 4))
         w.append(f"torchtune has no rsLoRA: lora_alpha {c['lora_alpha']:g} with s = alpha/sqrt(r) written as "
                  f"lora_alpha {alpha:g} with s = alpha/r (the same scale at r={c['r']})")
+    if c.get("load_in_4bit"):
+        w.append("torchtune: the measurement used a 4-bit base; use your model's qlora_* builder (e.g. "
+                 "torchtune.models.llama3_1.qlora_llama3_1_8b) as model._component_")
     w.append("set model._component_ to your model's torchtune LoRA builder (e.g. torchtune.models.llama3_1.lora_llama3_1_8b)")
     model = {"lora_attn_modules": attn, "apply_lora_to_mlp": mlp_all, "apply_lora_to_output": output,
              "lora_rank": c["r"], "lora_alpha": alpha, "lora_dropout": c.get("lora_dropout", 0.0),
@@ -364,7 +386,7 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     ``learning_rate`` and, if present, ``lora_dropout``, ``rank_pattern``, ``alpha_pattern``;
     ``variant`` ('lora' | 'rslora' | 'dora') stands in for use_rslora/use_dora when those are absent.
     ``settings.model``, ``steps`` (else ``epochs``) and ``settings.train`` (a ``TrainSettings``: max_len,
-    batch_size, grad_accum, gradient_checkpointing, dropout, schedule, warmup, weight decay, clipping)
+    batch_size, grad_accum, gradient_checkpointing, dropout, schedule, warmup, weight decay, clipping, load_in_4bit)
     fill the training keys; a results.json of an earlier release is migrated first.
     """
     configs = results.get("configs")
@@ -398,6 +420,7 @@ def sweep_entry(results: dict[str, Any], name: str | None = None) -> dict[str, A
     cfg["gradient_accumulation_steps"] = train.grad_accum
     if train.gradient_checkpointing:
         cfg["gradient_checkpointing"] = True
+    cfg["load_in_4bit"] = bool(train.load_in_4bit)
     if train.dropout and "lora_dropout" not in cfg:  # sweep --dropout: every config's lora_dropout
         cfg["lora_dropout"] = train.dropout
     cfg.update({k: getattr(train, k) for k in TRAIN_KEYS

@@ -14,8 +14,8 @@ from loradial.cli.common import app, console, run, split_list
 
 @app.command("alpha-sweep")
 def alpha_sweep_cmd(
-    adapter: Path = typer.Argument(..., help="PEFT adapter directory."),
-    model: Path = typer.Option(..., "--model", help="Local base model directory (weights and tokenizer)."),
+    adapter: opt.AdapterArg,
+    model: Path = typer.Option(..., "--model", help="Base model: a local directory (weights and tokenizer) or a Hub id."),
     data: Path = typer.Option(..., "--data", help="Evaluation data (jsonl/json/csv/parquet/txt)."),
     scales: str = typer.Option("0,0.25,0.5,0.75,1,1.25,1.5", "--scales", help="Comma-separated multipliers of the adapter's scale."),
     max_len: opt.EvalMaxLen = EVAL.max_len,

@@ -19,14 +19,14 @@ def _f(x, fmt="{:.2f}") -> str:
 
 @app.command("analyze")
 def analyze_cmd(
-    adapter: Path = typer.Argument(..., help="PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."),
+    adapter: opt.AdapterArg,
     base: Optional[Path] = typer.Option(None, "--base", help="Local base model directory (safetensors): adds ‖ΔW‖/‖W‖ and σ_max(ΔW)/σ_max(W)."),
     energy: float = typer.Option(0.90, "--energy", help="Energy a recommended rank must keep (fraction of Σσ²)."),
     coverage: float = typer.Option(0.90, "--coverage", help="Fraction of modules that must keep --energy at the global rank."),
     budget: Optional[int] = typer.Option(None, "--budget", help="Parameter budget of the rank_pattern (default: that of the global rank)."),
     per_module: bool = typer.Option(False, "--per-module", help="Also print one row per module."),
     allow_pickle: opt.AllowPickle = False,
-    model: Optional[Path] = typer.Option(None, "--model", help="Local base model directory (weights + tokenizer) to evaluate on --data."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Base model to evaluate on --data: a local directory (weights + tokenizer) or a Hub id."),
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluation data (jsonl/json/csv/parquet/txt): adds the truncation curve."),
     ranks: Optional[str] = typer.Option(None, "--ranks", help="Ranks k of the truncation curve (default: powers of two below the adapter's r, plus r)."),
     retain: float = typer.Option(0.98, "--retain", help="Fraction of the adapter's eval-loss improvement the data-driven rank must keep."),

@@ -13,8 +13,8 @@ from loradial.cli.common import app, console, run
 
 @app.command("merge")
 def merge_cmd(
-    adapter: Path = typer.Argument(..., help="PEFT adapter directory."),
-    model: Path = typer.Option(..., "--model", help="Local base model directory (safetensors)."),
+    adapter: opt.AdapterArg,
+    model: Path = typer.Option(..., "--model", help="Base model: a local directory (safetensors) or a Hub id."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged model (written atomically)."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard."),
     overwrite: opt.Overwrite = False,

@@ -13,7 +13,7 @@ from loradial.cli.common import app, console, run
 
 @app.command("rescale")
 def rescale_cmd(
-    adapter: Path = typer.Argument(..., help="PEFT adapter directory."),
+    adapter: opt.AdapterArg,
     out: Path = typer.Option(..., "--out", help="Directory for the rescaled adapter (written atomically)."),
     scale: Optional[float] = typer.Option(None, "--scale", help="Multiply every module's ΔW by this factor."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Set every module's lora_alpha to this value."),

@@ -14,7 +14,7 @@ from loradial.cli.common import app, console, run, short_types
 
 @app.command("resize")
 def resize_cmd(
-    adapter: Path = typer.Argument(..., help="PEFT adapter directory."),
+    adapter: opt.AdapterArg,
     out: Path = typer.Option(..., "--out", help="Directory for the resized adapter (written atomically)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Every module to rank min(K, r)."),
     energy: Optional[float] = typer.Option(None, "--energy", help="Per module, the smallest rank keeping this fraction of Σσ²."),

@@ -35,6 +35,8 @@ EvalData = Annotated[Optional[str], typer.Option(
     "--eval-data", help="Eval data file (same formats as --data).")]
 EvalFraction = Annotated[float, typer.Option(
     "--eval-fraction", help="Hold out this fraction of --data for eval when --eval-data is not given.")]
+AdapterArg = Annotated[Path, typer.Argument(
+    help="PEFT adapter: a local directory (adapter_config.json + adapter_model.safetensors) or a Hub id (owner/name).")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Read adapter_model.bin (torch.load(weights_only=True)).")]
 TrustRemoteCode = Annotated[bool, _train("trust_remote_code")]

@@ -99,6 +99,7 @@ class TrainSession:
 
     def finish(self) -> TrainResult:
         """Final eval, final checkpoint (with --save-every), every adapter saved in PEFT format."""
+        from loradial.adapters.card import write_model_card
         from loradial.adapters.format import save_adapter
 
         e = self.engine
@@ -119,6 +120,8 @@ class TrainSession:
                          "r": cfg.spec.r, "lora_alpha": cfg.spec.lora_alpha, "use_rslora": cfg.spec.use_rslora,
                          "use_dora": cfg.spec.use_dora, "lr": cfg.lr, "final_loss": losses[-1] if losses else None,
                          "eval_loss": last_eval.get(name), "diverged_at": e.frozen_at.get(name)})
+            write_model_card(path, {**rows[-1], "learning_rate": cfg.lr, "steps": e.step,
+                                    **{k: self.run_config.get(k) for k in ("batch_size", "grad_accum", "max_len")}})
         elapsed = e.elapsed()
         res = TrainResult(str(self.out), rows, e.step, e.total_steps, e.tokens_seen, round(elapsed, 3),
                           round(e.tokens_seen / max(elapsed, 1e-9), 1), str(e.device), str(self.out / "metrics.jsonl"),

@@ -238,6 +238,11 @@ def finish(sd: SweepDir, settings: SweepSettings, ctx: Any, *, wall_seconds: flo
         devices=list(ctx.devices), wall_seconds=wall_seconds, resumed=resumed,
         decisions=state.get("decisions") if settings.tune is not None else None,
     )
+    from loradial.adapters.card import write_model_card
+
+    for c in (c for c in configs if sd.adapter_dir(c["name"]).is_dir()):  # README.md + tokenizer beside each adapter
+        write_model_card(sd.adapter_dir(c["name"]), {**c, **settings.train.model_dump(include={"batch_size", "grad_accum", "max_len"}),
+                                                     "eval_loss": c["final_eval_loss"], "status": "stopped" if c["stopped_at"] else "done"})
     fault("finish")
     atomic_write_json(sd.results_path, result.to_dict())
     state["finished"] = True
