@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from loradial.settings import TunePolicy
 
 import loradial
 import loradial.flows.tune as tune_mod
@@ -62,7 +63,7 @@ def test_stages_decisions_and_outputs(tuned):
     added = [d for d in res.decisions if d["action"] == "added"]
     assert added and all("learning rate half-way" in d["reason"] or "rank one doubling" in d["reason"] for d in added)
     kept_last = [d["config"] for d in res.decisions if d["rung"] == 2 and d["action"] == "kept"]
-    assert len(kept_last) == 2 and res.best_config["name"] in kept_last and res.best_config["steps"] == 16
+    assert len(kept_last) == TunePolicy().finalists and res.best_config["name"] in kept_last and res.best_config["steps"] == 16
     for path in (res.best_adapter, *res.exports.values(), res.report, out / "tune.json"):
         assert Path(path).exists(), path
     assert set(res.exports) == {"peft", "trl", "axolotl", "llamafactory", "unsloth", "torchtune"}
@@ -153,7 +154,6 @@ def test_bad_budgets_are_clean_exit_2_errors_and_write_nothing(assets, tmp_path,
 
 
 def test_plan_steps_fills_the_budget():
-    from loradial.settings import TunePolicy
     from loradial.sweeps.tuning import planned_adapter_steps
 
     policy = TunePolicy()

@@ -140,16 +140,16 @@ class TunePolicy(_Settings):
     Rung 1 (exploration): configs whose curve diagnose calls unstable or diverged, or whose eval loss is
     above the base model's, stop; the best
     ``keep_fraction`` of the rest go on; refinements around the best join (learning rate half-way,
-    geometrically, to each explored neighbour; rank one doubling either side), trained from step 0 to
-    the rung's end. Later rungs: the best ``finalists`` go on. Ties: fewer parameters, then name."""
+    geometrically, to each explored neighbour; rank one doubling either side) and around the runner-up
+    (its learning rate half-way to each neighbour), trained from step 0 to the rung's end. Later rungs: the best ``finalists`` go on. Ties: fewer parameters, then name."""
 
     keep_fraction: float = Field(1 / 3, gt=0, le=1)
     """Share of the exploration grid kept after the first rung (at least ``finalists``)."""
-    finalists: int = Field(2, ge=1)
+    finalists: int = Field(3, ge=1)
     """Configs continued from their checkpoints to the full step budget."""
     refine: bool = True
     """Add the refinement configs after the first rung."""
-    max_refine: int = Field(4, ge=0)
+    max_refine: int = Field(6, ge=0)
     """At most this many refinement configs (the budget plan counts them)."""
     base_eval_loss: Optional[float] = None
     """The base model's eval loss (measured before the search): a config above it at a rung has diverged."""

@@ -10,8 +10,11 @@ Rung 1 (the exploration grid, trained at once to the first boundary):
      model's (measured once before the search), stops, whatever its rank among the others;
   2. the best ``keep_fraction`` of the rest (at least ``finalists``) go on, ranked by eval loss at the
      same step (ties: fewer trainable parameters, then name); the others stop as "behind";
-  3. refinements around the best config join, trained from step 0 to the same boundary: its learning
-     rate half-way (geometric mean) to each explored neighbour, and its rank one doubling either side.
+  3. refinements around the best two configs join, trained from step 0 to the same boundary: the best's
+     learning rate half-way (geometric mean) to each explored neighbour and its rank one doubling either
+     side, then the runner-up's learning rate half-way to each neighbour (early rankings are noisy: on
+     the CPU validation tasks the grid's winner was twice a refined learning rate at the runner-up's
+     rank, benchmarks/tune/RESULTS.md).
 Later rungs: the best ``finalists`` go on to the full budget, continued from their checkpoints.
 
 Budget (``planned_adapter_steps``): with E exploration configs, boundaries b1 < b2 < … < S, K kept,
@@ -81,9 +84,9 @@ def _geo_mid(a: float, b: float) -> float:
 
 
 def refinements(best: SweepConfigEntry, configs: Sequence[SweepConfigEntry], limit: int,
-                healthy: Sequence[str] | None = None) -> list[NewConfig]:
+                healthy: Sequence[str] | None = None, ranks: bool = True) -> list[NewConfig]:
     """Around ``best``: lr half-way (geometric) to each explored neighbour whose configs did not diverge,
-    rank one doubling either side."""
+    and (``ranks``) rank one doubling either side."""
     same = [c for c in configs if c.variant == best.variant and c.targets == best.targets]
     ok = set(healthy) if healthy is not None else {c.name for c in same}
     lrs = sorted({c.learning_rate for c in same if c.name in ok} | {best.learning_rate})
@@ -97,7 +100,7 @@ def refinements(best: SweepConfigEntry, configs: Sequence[SweepConfigEntry], lim
             if (best.r, lr) not in taken:
                 out.append(NewConfig(best.r, best.lora_alpha, best.variant, best.targets, lr, best.seed,
                                      f"learning rate half-way from {best.learning_rate:g} to its neighbour {lrs[j]:g}"))
-    for r in (best.r // 2, best.r * 2):
+    for r in (best.r // 2, best.r * 2) if ranks else ():
         if r >= 1 and (r, best.learning_rate) not in taken:
             out.append(NewConfig(r, alpha_ratio * r, best.variant, best.targets, best.learning_rate, best.seed,
                                  f"rank one doubling {'below' if r < best.r else 'above'} the best ({best.r})"))
@@ -138,4 +141,8 @@ def decide(rung: int, policy: TunePolicy, configs: Sequence[SweepConfigEntry], a
     add: list[NewConfig] = []
     if rung == 0 and policy.refine and order:
         add = refinements(by_name[order[0]], configs, policy.max_refine, healthy)
+        if len(order) > 1:
+            seen = {(a.r, a.variant, a.learning_rate) for a in add}
+            more = refinements(by_name[order[1]], configs, policy.max_refine, healthy, ranks=False)
+            add += [a for a in more if (a.r, a.variant, a.learning_rate) not in seen][:policy.max_refine - len(add)]
     return Decision(records, add)
