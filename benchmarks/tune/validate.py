@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--targets", default="all-linear")
     ap.add_argument("--metric", default="eval_loss", choices=["eval_loss", "exact_match"])
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--dtype", default="auto", help="fp32, bf16, ... (default: loradial's)")
+    ap.add_argument("--device", default=None, help="e.g. cuda:0 (default: every visible GPU, else the CPU)")
+    ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -43,7 +46,11 @@ def main() -> None:
 
     out = Path(args.out)
     common = dict(batch_size=args.batch_size, max_len=args.max_len, metric=args.metric,
-                  max_new_tokens=args.max_new_tokens)
+                  max_new_tokens=args.max_new_tokens, devices=[args.device] if args.device else None)
+    if args.dtype != "auto":
+        common["dtype"] = args.dtype
+    if args.eval_every:
+        common["eval_every"] = args.eval_every
     t0 = time.time()
     tuned = loradial.tune(args.model, args.train, eval_data=args.eval, out=out / "tune", steps=args.steps,
                           rank=args.rank, lr=args.lr, targets=args.targets, rank_check=False, **common)
