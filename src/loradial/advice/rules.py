@@ -14,7 +14,6 @@ These are *starting points*. ``loradial sweep`` measures what is best on the use
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import re
 from pathlib import Path
