@@ -59,7 +59,7 @@ run lr19 $PY benchmarks/recommend/measure_lr.py --model "$W/small" --device "$DE
 
 wait $P_HALF; echo "half pretrained: exit $? at $(date +%T)" >> "$W/status.log"
 run lr36 $PY benchmarks/recommend/measure_lr.py --model "$W/half" --device "$DEVICE" ${EXTRA[*]} --steps $S36 --batch-size $B36 \
-    --max-len $L36 --ranks $RANKS --lrs 1e-4,2e-4,4e-4,8e-4,1.6e-3,3.2e-3 --eval-examples 0 --threads 1 --out "$W/lr36"
+    --max-len $L36 --ranks $RANKS --lrs 2e-4,4e-4,8e-4,1.6e-3,3.2e-3,6.4e-3 --eval-examples 0 --threads 1 --out "$W/lr36"
 run v36a $PY benchmarks/tune/validate.py --model "$W/half" --batch-size $B36 ${EXTRA[*]} --task domain-shift \
     --train $DATA/train.jsonl --eval $DATA/eval.jsonl --steps $S36 --max-len $L36 --out "$W/v36a"
 wait
