@@ -96,23 +96,27 @@ class LoraSpec:
         if not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
             raise LoradialError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}", "use e.g. --alpha 16")
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise LoradialError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise LoradialError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}", "use e.g. --dropout 0.05")
         for key, value in self.rank_pattern.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise LoradialError(f"rank_pattern[{key!r}] must be a positive integer, got {value!r}")
+                raise LoradialError(f"rank_pattern[{key!r}] must be a positive integer, got {value!r}",
+                                    "write e.g. rank_pattern: {'q_proj': 8}")
         for key, value in self.alpha_pattern.items():
             if not isinstance(value, (int, float)) or value <= 0:
-                raise LoradialError(f"alpha_pattern[{key!r}] must be a positive number, got {value!r}")
+                raise LoradialError(f"alpha_pattern[{key!r}] must be a positive number, got {value!r}",
+                                    "write e.g. alpha_pattern: {'q_proj': 16}")
         for key in [*self.rank_pattern, *self.alpha_pattern]:
             try:
                 re.compile(key)
             except re.error as e:
-                raise LoradialError(f"pattern key {key!r} is not a valid regex: {e}") from None
+                raise LoradialError(f"pattern key {key!r} is not a valid regex: {e}",
+                                    "keys are regular expressions over module names, e.g. layers\\.0\\.q_proj") from None
         if isinstance(self.target_modules, str) and self.target_modules.lower() != ALL_LINEAR:
             try:
                 re.compile(self.target_modules)
             except re.error as e:
-                raise LoradialError(f"target regex {self.target_modules!r} is invalid: {e}") from None
+                raise LoradialError(f"target regex {self.target_modules!r} is invalid: {e}",
+                                    "give module names (q_proj,v_proj), all-linear, or a valid regex") from None
 
     # --- matching (PEFT check_target_module_exists) ---------------------------------------
     def matches(self, module_name: str, linear_names: Sequence[str] | None = None) -> bool:

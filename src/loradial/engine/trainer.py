@@ -49,9 +49,9 @@ class Engine:
         if len(set(names)) != len(names):
             raise LoradialError(f"adapter names must be unique, got {names}")
         if not train:
-            raise LoradialError("no training examples")
+            raise LoradialError("no training examples", "check --data: every record was empty or filtered out")
         if batch_size < 1 or grad_accum < 1:
-            raise LoradialError("batch size and gradient accumulation must be >= 1")
+            raise LoradialError("batch size and gradient accumulation must be >= 1", "use e.g. --batch-size 4 --grad-accum 1")
         if any(isinstance(m, (Bucket,)) or hasattr(m, "buckets") for m in model.modules()):
             raise LoradialError("this model already carries engine layers", "use a fresh model (or engine.unwrap())")
         self.model, self.train_examples, self.eval_examples = model, train, eval or []
@@ -64,7 +64,7 @@ class Engine:
             raise LoradialError("give exactly one of steps and epochs", "use --steps N or --epochs E")
         self.total_steps = int(steps) if steps is not None else max(1, math.ceil(epochs * per_epoch))
         if self.total_steps < 1:
-            raise LoradialError(f"steps must be >= 1, got {steps}")
+            raise LoradialError(f"steps must be >= 1, got {steps}", "use e.g. --steps 100")
         self.data = DataStream(len(train), batch_size, seed)
         self.seed = seed
 
@@ -100,7 +100,8 @@ class Engine:
                 if m.is_output_head or model.get_submodule(m.name) is head_mod:
                     raise LoradialError(f"adapter {a.name!r} targets the output head {m.name}", "the engine does not adapt the head")
                 if m.kind == "embedding" and a.spec.use_dora:
-                    raise LoradialError(f"adapter {a.name!r}: DoRA on an embedding is not supported by the engine")
+                    raise LoradialError(f"adapter {a.name!r}: DoRA on an embedding is not supported by the engine",
+                                        "drop the embedding from --targets or train it without --dora")
             widest = max(max(m.d_in, m.d_out) for m in hits)
             if any(a.spec.rank_for(m.name) > widest for m in hits):
                 raise LoradialError(f"adapter {a.name!r}: rank {max(a.spec.rank_for(m.name) for m in hits):,} exceeds every "
