@@ -24,7 +24,7 @@ DEADLINE=$(( $(date +%s) + ${BUDGET_S:-550} ))
 W=${WORK:-/tmp/w13}
 TASKS=${TASKS:-.gpu/tasks}
 mkdir -p "$OUT" "$W"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-python}
 DATA=src/loradial/assets/demo-data
 left() { echo $(( DEADLINE - $(date +%s) )); }
@@ -44,9 +44,13 @@ else
 fi
 
 echo "start $(date +%T), $(left) s left; $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)" | tee "$W/status.log"
-$PY scripts/demo_model/pretrain.py "${SMALL[@]}" --device "$DEVICE" --out "$W/small" > "$W/pretrain_small.log" 2>&1 &
+pretrain() {  # pretrain NAME ARGS...: skipped when the model is already there (a warm machine)
+  local name=$1; shift
+  [ -f "$W/$name/config.json" ] || $PY scripts/demo_model/pretrain.py "$@" --device "$DEVICE" --out "$W/$name" > "$W/pretrain_$name.log" 2>&1
+}
+pretrain small "${SMALL[@]}" &
 P_SMALL=$!
-$PY scripts/demo_model/pretrain.py "${HALF[@]}" --device "$DEVICE" --out "$W/half" > "$W/pretrain_half.log" 2>&1 &
+pretrain half "${HALF[@]}" &
 P_HALF=$!
 
 wait $P_SMALL; echo "small pretrained: exit $? at $(date +%T)" >> "$W/status.log"
