@@ -140,8 +140,8 @@ def plan_cmd(
                 trust_remote_code=trust_remote_code, modules_to_save=modules_to_save,
                 trainable_token_indices=trainable_tokens, target_parameters=target_parameters, bias=bias,
             )
-        except LoradialError as err:  # the pattern parsers name the bad entry; say what a good one is
-            if err.hint is None and err.message.startswith(("rank_pattern", "alpha_pattern", "pattern key")):
+        except LoradialError as err:  # the pattern checks name the bad entry; say what a good flag is
+            if err.message.startswith(("rank_pattern", "alpha_pattern", "pattern key")):
                 err.hint = PATTERN_HINT
             raise
 
