@@ -195,6 +195,8 @@ def test_mismatched_architectures(tmp_path, cli):
     assert code == 2 and "add --base" in err
     code, _, err = cli("resize", b, "--from-full", "--rank", "2", "--out", tmp_path / "y")
     assert code == 2 and "needs --base" in err
+    code, _, err = cli("resize", wider, "--from-full", "--base", wider, "--rank", "2", "--out", wider, "--overwrite")
+    assert code == 2 and "fine-tuned model itself" in err and (wider / "config.json").is_file()
 
 
 def test_cli_json(made, cli):

@@ -26,6 +26,7 @@ from loradial.adapters.full_update import (BASE_HINT, changed_other_params, modu
 from loradial.adapters.spectrum import energy_rank, rank_k_factors
 from loradial.adapters.surgery import ResizeResult
 from loradial.errors import LoradialError
+from loradial.io import check_out_not_overlapping
 from loradial.models.info import ModuleInfo, type_key
 from loradial.spec import scaling
 
@@ -110,6 +111,7 @@ def resize_from_full(
     if alpha is not None and not alpha > 0:
         raise LoradialError(f"--alpha must be > 0, got {alpha}", "e.g. --alpha 16 (default: the rank, so scale 1)")
     candidates, _skipped, _info = module_pairs(model, base, include_embeddings)
+    check_out_not_overlapping(out, [("fine-tuned model", model), ("base model", base)])
     dev = resolve_device(device)
     new: dict[str, LoraModule] = {}
     ranks: dict[str, int] = {}
