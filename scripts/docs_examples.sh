@@ -31,6 +31,8 @@ loradial export runs/sweep --format torchtune --out runs/torchtune.yaml
 loradial analyze runs/r8/adapters/default --model src/loradial/assets/demo-model --data src/loradial/assets/demo-data/eval.jsonl --ranks 1,2,4 --scales 0.5,1 --max-len 64 --max-examples 32 --json > runs/r8-analysis.json
 loradial resize runs/r8/adapters/default --energy 0.95 --out runs/r8-e95
 loradial resize runs/r8/adapters/default --budget 100000 --out runs/r8-100k
+loradial analyze runs/r8-merged --base src/loradial/assets/demo-model --json > runs/r8-full.json
+loradial resize runs/r8-merged --from-full --base src/loradial/assets/demo-model --rank 8 --out runs/r8-extracted
 loradial rescale runs/r8/adapters/default --to rslora --out runs/r8-rs
 loradial rescale runs/r8/adapters/default --scale 0.5 --fold --out runs/r8-half-b
 # docs/report.md

@@ -243,7 +243,7 @@ def test_readme_and_docs_examples_run(tmp_path):
                 "sweep-report.html",
                 # docs/*.md
                 "lora.yaml", "torchtune.yaml", "r8-analysis.json", "r8-e95/adapter_config.json",
-                "r8-100k/adapter_config.json", "r8-rs/adapter_config.json", "r8-half-b/adapter_config.json",
+                "r8-100k/adapter_config.json", "r8-full.json", "r8-extracted/adapter_config.json", "r8-rs/adapter_config.json", "r8-half-b/adapter_config.json",
                 "demo-report.html"):
         assert (work / rel).exists(), rel
     import json

@@ -32,6 +32,8 @@ _API = {
     "train": "loradial.engine.train",
     "sweep": "loradial.sweeps.api",
     "analyze": "loradial.adapters.analysis",
+    "analyze_full": "loradial.adapters.full_update",
+    "resize_from_full": "loradial.adapters.extraction",
     "resize": "loradial.adapters.surgery",
     "rescale": "loradial.adapters.surgery",
     "merge": "loradial.adapters.surgery",

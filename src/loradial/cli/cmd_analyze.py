@@ -35,6 +35,9 @@ def analyze_cmd(
     batch_size: opt.EvalBatchSize = EVAL.batch_size,
     max_examples: opt.MaxExamples = None,
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
+    include_embeddings: bool = typer.Option(False, "--include-embeddings", help="Full model + --base: also the embeddings and the output head."),
+    device: Optional[str] = typer.Option(None, "--device", help="Full model + --base: where the dense SVDs run (default: cuda if available, else cpu)."),
+    svd_dtype: str = typer.Option("float64", "--svd-dtype", help="Full model + --base: float64 (exact) or float32 (faster on GPUs)."),
     as_json: opt.Json = False,
 ) -> None:
     """Which rank did the adapter use? Exact singular values of s·B·A per module (never forming ΔW),
@@ -42,9 +45,17 @@ def analyze_cmd(
     --model and --data: eval loss with every module truncated to rank k (one model load), the share of
     the adapter's improvement each k keeps, and the data-driven rank beside the spectrum's.
 
+    With a fully fine-tuned model directory and --base: the dense spectrum of W_ft − W_base per module, i.e.
+    which rank full fine-tuning used, and the LoRA rank that would have kept --energy of it.
+
     Example: loradial analyze ./my-adapter --model ./Llama-3.2-1B --data eval.jsonl --scales 0.5,1,1.25
     """
     from loradial.adapters.analysis import AnalyzeResult, analyze
+    from loradial.adapters.full_update import is_full_model_dir
+
+    if is_full_model_dir(adapter):
+        return _analyze_full(adapter, base, energy, coverage, budget, per_module, include_embeddings, device, svd_dtype,
+                             as_json, adapter_only=dict(model=model, data=data, ranks=ranks, scales=scales))
 
     def render(res: AnalyzeResult) -> None:
         kind = "DoRA" if res.use_dora else ("rsLoRA" if res.use_rslora else "LoRA")
@@ -101,6 +112,54 @@ def analyze_cmd(
                        progress=True, model=model, data=data, ranks=split_list(ranks, int, "rank") if ranks else None,
                        retain=retain, scales=split_list(scales, float, "scale") if scales else None, max_len=max_len,
                        batch_size=batch_size, max_examples=max_examples, trust_remote_code=trust_remote_code)
+
+    run(call, as_json, render)
+
+
+def _analyze_full(ft: Path, base: Optional[Path], energy: float, coverage: float, budget: Optional[int], per_module: bool,
+                  include_embeddings: bool, device: Optional[str], svd_dtype: str, as_json: bool, adapter_only: dict) -> None:
+    from loradial.adapters.full_update import FullAnalyzeResult, analyze_full
+    from loradial.errors import LoradialError
+
+    def call() -> FullAnalyzeResult:
+        if base is None:
+            raise LoradialError(f"{ft} is a full model, not a PEFT adapter",
+                                f"add --base BASE_DIR (the model it was fine-tuned from) to see the spectrum of W_ft − W_base")
+        given = [f"--{k}" for k, v in adapter_only.items() if v is not None]
+        if given:
+            raise LoradialError(f"{', '.join(given)} apply to adapters, not to a full model with --base",
+                                "drop them, or extract an adapter first: loradial resize FT --from-full --base BASE --rank K --out DIR")
+        return analyze_full(ft, base, energy=energy, coverage=coverage, budget=budget, include_embeddings=include_embeddings,
+                            device=device, dtype=svd_dtype, progress=True)
+
+    def render(res: FullAnalyzeResult) -> None:
+        console.print(f"[bold]{res.model}[/] − [bold]{res.base}[/]: full update of {res.n_modules} modules "
+                      f"({res.dtype} SVD on {res.device})")
+        t = Table(title="ΔW = W_ft − W_base per module type (means; r = min(d_in, d_out))")
+        short = short_types(list(res.summary["per_type"]))
+        width = max(len(v) for v in short.values())
+        for c in ("type", "n", "r", "E90", "E95", "E99", "max E90", "stable", "eff", "‖ΔW‖/‖W‖"):
+            t.add_column(c, justify="left" if c == "type" else "right", no_wrap=c == "type", min_width=width if c == "type" else None)
+        for name, g in res.summary["per_type"].items():
+            t.add_row(short[name], str(g["n_modules"]), ",".join(map(str, g["r"])), _f(g["mean_energy_rank_90"], "{:.1f}"),
+                      _f(g["mean_energy_rank_95"], "{:.1f}"), _f(g["mean_energy_rank_99"], "{:.1f}"), str(g["max_energy_rank_90"]),
+                      _f(g["mean_stable_rank"]), _f(g["mean_effective_rank"]), _f(g.get("mean_relative_norm"), "{:.2e}"))
+        console.print(t)
+        if per_module:
+            mt = Table(title="per module")
+            for c in ("module", "d_out×d_in", "E90", "E95", "E99", "stable", "σ_max", "‖ΔW‖_F"):
+                mt.add_column(c, justify="left" if c == "module" else "right")
+            for m in res.modules:
+                mt.add_row(m.name, f"{m.d_out}×{m.d_in}", str(m.energy_rank_90), str(m.energy_rank_95), str(m.energy_rank_99),
+                           f"{m.stable_rank:.2f}", f"{m.spectral_norm:.3g}", f"{m.frobenius_norm:.3g}")
+            console.print(mt)
+        rec = res.recommendation
+        console.print(f"[bold]a LoRA of rank {rec['rank']}[/] keeps ≥{rec['energy']:.0%} of ΔW's energy in "
+                      f"{rec['modules_meeting_energy']:.0%} of modules ({rec['rank_retained_energy']:.1%} of all energy, "
+                      f"{rec['rank_params']:,} parameters); the budgeted rank_pattern keeps {rec['pattern_retained_energy']:.1%}")
+        console.print(f"extract it with: loradial resize {res.model} --from-full --base {res.base} --rank {rec['rank']} --out DIR")
+        for n in res.notes:
+            console.print(f"[dim]note: {n}[/]")
 
     run(call, as_json, render)
 
