@@ -64,6 +64,27 @@ def static_batch(examples: list[dict], m: int, T: int, pad_token_id: int | None)
             "n_labels": int(weight.sum()), "n_tokens": int(mask[:len(examples)].sum())}
 
 
+def static_losses(e, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+                  K: int) -> torch.Tensor:
+    """The engine's per-slice loss sums (K,) with static shapes: every position's loss times its 0/1 label weight."""
+    with e._autocast():
+        h = e._hidden(ids.repeat(K, 1), mask.repeat(K, 1))
+        tok = e.head.token_losses(h.reshape(-1, h.shape[-1]), targets.repeat(K), e.amp)
+    return (tok.view(K, -1) * weight).sum(dim=1)
+
+
+def graphed_train_step(e) -> None:
+    """``Engine.train_step`` through a GraphedStep (built again whenever the engine rebuilt its buckets)."""
+    if e._graph is None:
+        e._graph = GraphedStep(e)
+    examples = [e._examples(e.data.next(), e.train_examples) for _ in range(e.grad_accum)]
+    lrs = [e.configs[n].lr_at(e.step, e.total_steps) for n in e.active]
+    loss, norms, n_tokens, n_labels = e._graph.step(examples, lrs)
+    e.step += 1
+    e.tokens_seen += n_tokens * len(e.active)
+    e._queue(e.step, loss, norms, lrs, n_tokens, n_labels)
+
+
 class GraphedStep:
     """The engine's train step with static inputs; eager for ``warmup`` calls, then one captured graph."""
 
@@ -83,11 +104,12 @@ class GraphedStep:
         self.lrs = torch.zeros(self.K, dtype=torch.float32, device=dev)
         self.loss = torch.zeros(self.K, dtype=torch.float32, device=dev)
         self.norms = torch.zeros(self.K, dtype=torch.float32, device=dev)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self._copied: torch.cuda.Event | None = None
-        self.stream = torch.cuda.Stream(dev)
+        self.graph = None
+        self._copied = None
+        cuda = dev.type == "cuda"  # (on a CPU only the eager warm-up path runs: the tests check its math)
+        self.stream = torch.cuda.Stream(dev) if cuda else None
         # host staging (pinned) for one step's inputs: a single copy per tensor before each replay
-        self._host = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for n, t in
+        self._host = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=cuda) for n, t in
                       (("ids", self.ids), ("mask", self.mask), ("targets", self.targets), ("weight", self.weight),
                        ("lrs", self.lrs), ("n_labels", self.n_labels))}
 
@@ -96,7 +118,7 @@ class GraphedStep:
         e.opt.zero_grad()
         total = torch.zeros(K, dtype=torch.float32, device=e.device)
         for i in range(self.accum):
-            losses = e.static_losses(self.ids[i], self.mask[i], self.targets[i], self.weight[i], K)
+            losses = static_losses(e, self.ids[i], self.mask[i], self.targets[i], self.weight[i], K)
             (losses.sum() / self.n_labels).backward()
             total += losses.detach()
         loss = total / self.n_labels
@@ -115,6 +137,14 @@ class GraphedStep:
         n_labels = sum(b["n_labels"] for b in batches)
         h["lrs"].copy_(torch.tensor(lrs, dtype=torch.float32))
         h["n_labels"].fill_(float(max(n_labels, 1)))
+        if self.stream is None:
+            for n in h:
+                getattr(self, n).copy_(h[n])
+            if self.calls >= self.warmup:
+                raise LoradialError("CUDA graphs need a CUDA GPU", "drop --cuda-graphs")
+            self._body()
+            self.calls += 1
+            return self.loss.clone(), self.norms.clone(), sum(b["n_tokens"] for b in batches), n_labels
         cur = torch.cuda.current_stream(self.e.device)
         for n in h:
             getattr(self, n).copy_(h[n], non_blocking=True)

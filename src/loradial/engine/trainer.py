@@ -298,28 +298,8 @@ class Engine:
             tok = self.head.token_losses(flat.index_select(0, idx.view(-1)), batch.targets.repeat(K), self.amp)
         return tok.view(K, -1).sum(dim=1)
 
-    def static_losses(self, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                      K: int) -> torch.Tensor:
-        """``_slice_losses`` with static shapes (CUDA graphs): every position's loss times its 0/1 label weight."""
-        with self._autocast():
-            h = self._hidden(ids.repeat(K, 1), mask.repeat(K, 1))
-            tok = self.head.token_losses(h.reshape(-1, h.shape[-1]), targets.repeat(K), self.amp)
-        return (tok.view(K, -1) * weight).sum(dim=1)
-
     def _examples(self, idx: list[int], pool: list[dict]) -> list[dict]:
         return [pool[i] for i in idx]
-
-    def _graphed_step(self) -> None:
-        from loradial.engine.graphs import GraphedStep
-
-        if self._graph is None:
-            self._graph = GraphedStep(self)
-        examples = [self._examples(self.data.next(), self.train_examples) for _ in range(self.grad_accum)]
-        lrs = [self.configs[n].lr_at(self.step, self.total_steps) for n in self._order]
-        loss, norms, n_tokens, n_labels = self._graph.step(examples, lrs)
-        self.step += 1
-        self.tokens_seen += n_tokens * len(self._order)
-        self._queue(self.step, loss, norms, lrs, n_tokens, n_labels)
 
     def train_step(self) -> None:
         """One optimizer step of every active adapter (grad_accum micro-batches of batch_size sequences)."""
@@ -328,8 +308,10 @@ class Engine:
             return
         if not self.model.training:
             self.model.train()
-        if self.cuda_graphs:
-            return self._graphed_step()
+        if self.cuda_graphs:  # the same step, static shapes, replayed as one CUDA graph
+            from loradial.engine.graphs import graphed_train_step
+
+            return graphed_train_step(self)
         batches = [make_batch(self._examples(self.data.next(), self.train_examples), self.pad_token_id, self.device,
                               self.multiple) for _ in range(self.grad_accum)]
         n_labels = sum(b.n_labels for b in batches)
