@@ -6,6 +6,8 @@ the order of the squared-gradient-norm sum differs, so they agree to ≤ 1e-6 re
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -183,7 +185,7 @@ def test_graph_refusals_name_the_option():
 def test_graph_step_body_equals_eager(examples, case):
     """The captured step's code (static padded batches, device lrs and label count, flat AdamW with tensor lr),
     run eagerly on the CPU, trains exactly like the engine's own step; 16 examples / batch 3: a short last batch."""
-    configs = CASES[case]
+    configs = [dataclasses.replace(c, lr=2e-3 * (i + 1)) for i, c in enumerate(CASES[case])]  # distinct lrs
     eager = Engine(tiny_llama(), configs, examples, batch_size=3, steps=7, pad_token_id=0, grad_accum=2)
     eager.run()
     static = Engine(tiny_llama(), configs, examples, batch_size=3, steps=7, pad_token_id=0, grad_accum=2)
