@@ -160,17 +160,19 @@ def test_k1_equals_peft_plain_loop(examples, kw):
 def test_a_doubled_gradient_fails_the_peft_check(examples, kw, monkeypatch):
     """The mutation the check exists for: every gradient doubled once by hand. AdamW normalises it away
     (and clipping to 0.05 too), so losses and factors still match PEFT; the gradient norms do not."""
+    from loradial.engine.flat import FlatAdamW
     from loradial.engine.optim import AdapterOptimizer
 
-    real = AdapterOptimizer.step
+    def doubling(real):
+        def doubled(self, lrs, losses_):
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(2.0)
+            return real(self, lrs, losses_)
+        return doubled
 
-    def doubled(self, lrs, losses_):
-        for p in self.params:
-            if p.grad is not None:
-                p.grad.mul_(2.0)
-        return real(self, lrs, losses_)
-
-    monkeypatch.setattr(AdapterOptimizer, "step", doubled)
+    for opt in (AdapterOptimizer, FlatAdamW):  # whichever the engine uses
+        monkeypatch.setattr(opt, "step", doubling(opt.step))
     c = cfg("x", seed=3, **kw)
     e = run_engine([c], examples)
     monkeypatch.undo()

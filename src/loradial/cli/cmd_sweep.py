@@ -85,6 +85,7 @@ def sweep_cmd(
     dtype: opt.Dtype = DEFAULT.dtype,
     gradient_checkpointing: opt.GradientCheckpointing = DEFAULT.gradient_checkpointing,
     load_in_4bit: opt.LoadIn4bit = DEFAULT.load_in_4bit,
+    cuda_graphs: opt.CudaGraphs = DEFAULT.cuda_graphs,
     ray: Optional[str] = typer.Option(None, "--ray", help="Run the packs on a Ray cluster: auto (the running one), local (start one here) or an address. The sweep directory must be on a filesystem every node sees."),
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Ray workers, one GPU each (default: every GPU of the cluster)."),
@@ -129,7 +130,7 @@ def sweep_cmd(
             devices=split_list(devices) or None, pack_size=pack_size, dtype=dtype, seed=seed,
             checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
             dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, ray=ray, ray_workers=ray_workers,
-            trust_remote_code=trust_remote_code, progress=True,
+            trust_remote_code=trust_remote_code, cuda_graphs=cuda_graphs, progress=True,
         )
 
     where = resume or out

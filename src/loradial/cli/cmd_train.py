@@ -49,6 +49,7 @@ def train_cmd(
     gradient_checkpointing: opt.GradientCheckpointing = DEFAULT.gradient_checkpointing,
     dtype: opt.Dtype = DEFAULT.dtype,
     load_in_4bit: opt.LoadIn4bit = DEFAULT.load_in_4bit,
+    cuda_graphs: opt.CudaGraphs = DEFAULT.cuda_graphs,
     overwrite: opt.Overwrite = False,
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
     as_json: opt.Json = False,
@@ -80,7 +81,7 @@ def train_cmd(
                      gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit,
                      packing=packing, weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
                      max_grad_norm=max_grad_norm or None, grad_accum=grad_accum, overwrite=overwrite, progress=True,
-                     trust_remote_code=trust_remote_code)
+                     trust_remote_code=trust_remote_code, cuda_graphs=cuda_graphs)
 
     def render(res) -> None:
         table = Table(title=f"trained {res.steps}/{res.total_steps} steps · {res.tokens_per_s:,.0f} tokens/s · {res.device}")

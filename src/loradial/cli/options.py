@@ -61,6 +61,7 @@ MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Clip each a
 GradientCheckpointing = Annotated[bool, _train("gradient_checkpointing")]
 Dtype = Annotated[str, _train("dtype")]
 LoadIn4bit = Annotated[bool, _train("load_in_4bit")]
+CudaGraphs = Annotated[bool, _train("cuda_graphs")]
 Seed = Annotated[int, _train("seed")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps per config (or --epochs).")]
 Epochs = Annotated[Optional[float], typer.Option("--epochs", help="Passes over the training data (or --steps).")]

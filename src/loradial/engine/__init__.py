@@ -1,7 +1,8 @@
 """The multi-adapter training engine: many LoRA configs trained at once on one frozen base.
 
 ``Engine`` (trainer.py) is the loop; ``layers`` and ``fused`` the multi-adapter LoRA/DoRA layers;
-``loss`` the chunked output-head loss; ``optim`` the per-adapter AdamW; ``batching`` the data order;
+``loss`` the chunked output-head loss; ``flat`` the flat buffers and fused AdamW (default), ``optim`` the
+earlier per-adapter AdamW; ``graphs`` the opt-in CUDA-graph step; ``batching`` the data order;
 ``checkpoint`` the resumable state; ``session`` a run on disk (``open_session``, ``train_many``);
 ``train`` the ``loradial train`` verb.
 

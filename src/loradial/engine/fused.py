@@ -14,6 +14,10 @@ and the backward pass, with gy = ∂L/∂y on the bucket's rows and ĝ = gy (LoR
     ∂m = Σ_rows gy ⊙ (base + h Bd) / ‖W + sBA‖_row,   ∂x = ∂x' ⊙ mask / keep,   ∂A = s·∂As,  ∂B = ∂Bd
     ∂y_in = gy, or g ⊙ gy on DoRA rows without dropout (base depends on y)
 
+With flat buffers (``flat.FlatAdamW`` sets ``bucket.flat_grads``) ∂A, ∂B and ∂m are accumulated
+straight into the buckets' preset ``.grad`` views of the flat grad buffer (fp32, ∂A scaled in the
+same kernel) and the node returns no gradient for them: no fp32 copy, no autograd accumulation.
+
 Written by hand so that the base output is updated in place (no concatenation of bucket outputs, no
 copies of the output gradient) and each module adds one node to the autograd graph instead of a
 dozen per bucket. ``MultiLoraLayer.forward_reference`` is the same math through autograd; the tests
@@ -131,6 +135,13 @@ class MultiLoraFunction(torch.autograd.Function):
                         grad_x3 = gx.to(ctx.x_dtype)
                     else:
                         grad_x3[b.start:b.stop] = gx
-            grads += [grad_A.float() * b.scale, grad_B.float()] + ([grad_m] if b.dora else [])
+            if getattr(b, "flat_grads", False) and b.A.grad is not None:  # straight into the flat grad buffer
+                b.A.grad.addcmul_(grad_A, b.scale)
+                b.B.grad.add_(grad_B)
+                if b.dora:
+                    b.magnitude.grad.add_(grad_m)
+                grads += [None] * (3 if b.dora else 2)
+            else:
+                grads += [grad_A.float() * b.scale, grad_B.float()] + ([grad_m] if b.dora else [])
         grad_x = grad_x3.reshape(ctx.x_shape) if need_x else None
         return (grad_x, grad_y, None, None, *grads)

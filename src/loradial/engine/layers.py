@@ -181,7 +181,8 @@ class MultiLoraLayer(_MultiBase):
         y = self.base(x, *args, **kwargs)
         if not self._segments:
             return y
-        if len(self._segments) == 1:  # one bucket over all slices: autograd is as lean, with less Python
+        if len(self._segments) == 1 and not getattr(self.buckets[0], "flat_grads", False):
+            # one bucket over all slices: autograd is as lean, with less Python (flat grads: the node writes them)
             return self._autograd(x, y)
         from loradial.engine.fused import MultiLoraFunction
 

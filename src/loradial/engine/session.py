@@ -138,7 +138,8 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
                  gradient_checkpointing: bool = DEFAULT.gradient_checkpointing, dtype: str = DEFAULT.dtype,
                  load_in_4bit: bool = DEFAULT.load_in_4bit, grad_accum: int = DEFAULT.grad_accum,
                  overwrite: bool = False, device: str | None = None,
-                 trust_remote_code: bool = DEFAULT.trust_remote_code, **engine_kw) -> TrainSession:
+                 trust_remote_code: bool = DEFAULT.trust_remote_code, cuda_graphs: bool = DEFAULT.cuda_graphs,
+                 **engine_kw) -> TrainSession:
     """Build a run in ``out`` (or, with ``resume=True``, continue the one checkpointed there).
 
     Everything (settings, data, model, targets) is checked before ``out`` is touched: with
@@ -164,6 +165,7 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
         eval_every, gradient_checkpointing = run["eval_every"], run["gradient_checkpointing"]
         dtype, load_in_4bit, grad_accum = run["dtype"], run["load_in_4bit"], run["grad_accum"]
         trust_remote_code = trust_remote_code or bool(run.get("trust_remote_code"))  # asked for at the start
+        cuda_graphs = bool(run.get("cuda_graphs", False))
     else:
         if not adapters:
             raise LoradialError("no adapter configuration given")
@@ -176,12 +178,14 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
             from loradial.data import load_records
 
             load_records(data)  # fail on bad data before loading a model
+    if cuda_graphs:
+        _check_graphs_early(device)
     run = {"model": model if isinstance(model, str) else None, "data": str(data) if isinstance(data, (str, Path)) else None,
            "eval_data": str(eval_data) if isinstance(eval_data, (str, Path)) else None, "batch_size": batch_size,
            "steps": steps, "epochs": epochs, "max_len": max_len, "eval_fraction": eval_fraction, "packing": packing,
            "seed": seed, "save_every": save_every, "eval_every": eval_every, "gradient_checkpointing": gradient_checkpointing,
            "dtype": dtype, "load_in_4bit": load_in_4bit, "grad_accum": grad_accum,
-           "trust_remote_code": bool(trust_remote_code)}
+           "trust_remote_code": bool(trust_remote_code), "cuda_graphs": bool(cuda_graphs)}
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
     if isinstance(model, str):
         model, loaded_tok = load_model(model, dtype=dtype, load_in_4bit=load_in_4bit, device=device,
@@ -191,7 +195,7 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
     pad = None if tokenizer is None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     engine = Engine(model, adapters, train, batch_size=batch_size, steps=steps, epochs=epochs, eval=ev,
                     grad_accum=grad_accum, pad_token_id=pad, gradient_checkpointing=gradient_checkpointing, seed=seed,
-                    metrics_path=out / "metrics.jsonl", base_model_name=name, **engine_kw)
+                    metrics_path=out / "metrics.jsonl", base_model_name=name, cuda_graphs=cuda_graphs, **engine_kw)
     # the session is fully built (the Engine writes nothing until it steps): only now replace the old run
     if meta is None and overwrite and out.is_dir():
         _remove_previous_run(out)
@@ -206,6 +210,15 @@ def open_session(model, data, adapters: list[AdapterConfig] | None, *, out, toke
         truncate_metrics(out / "metrics.jsonl", engine.step)
         resumed = engine.step
     return TrainSession(engine, out, run, resumed)
+
+
+def _check_graphs_early(device: str | None) -> None:
+    """--cuda-graphs on a machine without CUDA (or with --device cpu): refuse before loading anything."""
+    import torch
+
+    if (device is not None and not str(device).startswith("cuda")) or not torch.cuda.is_available():
+        raise LoradialError("--cuda-graphs needs a CUDA GPU; none is in use here",
+                            "drop --cuda-graphs (it only removes launch overhead on a GPU)")
 
 
 def train_many(model, data, adapters: list[AdapterConfig] | None, *, out, progress: bool = False, **kw) -> TrainResult:

@@ -46,12 +46,14 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
           warmup_ratio: float = DEFAULT.warmup_ratio, warmup_steps: int | None = DEFAULT.warmup_steps,
           max_grad_norm: float | None = DEFAULT.max_grad_norm, grad_accum: int = DEFAULT.grad_accum, tokenizer=None,
           name: str = "default", overwrite: bool = False, progress: bool = False,
-          trust_remote_code: bool = DEFAULT.trust_remote_code, **engine_kw: Any) -> TrainResult:
+          trust_remote_code: bool = DEFAULT.trust_remote_code, cuda_graphs: bool = DEFAULT.cuda_graphs,
+          **engine_kw: Any) -> TrainResult:
     """Train one adapter on ``data`` and save it as a PEFT adapter under ``out/adapters/<name>``.
 
     ``targets``: 'all-linear', 'attention', 'mlp', 'q_proj,v_proj' or 're:<regex>' (PEFT's rules).
     ``resume``: a run directory written with ``save_every``; it continues with its saved settings.
     ``trust_remote_code``: let ``from_pretrained`` run the model repository's own code (off unless asked).
+    ``cuda_graphs``: replay the steady-state step as a CUDA graph (GPU only; see engine/graphs.py).
     """
     if resume is not None:
         return train_many(model, data, None, out=resume, resume=True, tokenizer=tokenizer, progress=progress,
@@ -70,7 +72,7 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
                               gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit,
                               packing=packing, weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
                               warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, grad_accum=grad_accum,
-                              trust_remote_code=trust_remote_code)
+                              trust_remote_code=trust_remote_code, cuda_graphs=cuda_graphs)
     spec = LoraSpec(r=rank, lora_alpha=alpha, target_modules="all-linear", use_rslora=use_rslora, use_dora=use_dora,
                     lora_dropout=t.dropout)  # checks r and alpha before the model is read
     needs_info = isinstance(targets, str) and targets.strip() in ("attention", "mlp")
@@ -84,4 +86,4 @@ def train(model=None, data=None, *, rank: int = 8, alpha: float = 16, use_rslora
                       packing=t.packing, seed=t.seed, save_every=save_every, eval_every=eval_every,
                       gradient_checkpointing=t.gradient_checkpointing, dtype=t.dtype, load_in_4bit=t.load_in_4bit,
                       grad_accum=t.grad_accum, overwrite=overwrite, progress=progress,
-                      trust_remote_code=t.trust_remote_code, **engine_kw)
+                      trust_remote_code=t.trust_remote_code, cuda_graphs=t.cuda_graphs, **engine_kw)

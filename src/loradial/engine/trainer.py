@@ -5,13 +5,17 @@ every adapter sees the same data in the same order), runs the base model once ov
 batch with the multi-adapter layers of ``layers.py`` in place of the targeted modules, computes
 each adapter's mean loss over its slice's label tokens through the chunked head of ``loss.py``,
 and backpropagates their sum once (the adapters share no parameter, so each gets exactly the
-gradient of its own loss). ``optim.AdapterOptimizer`` then steps each adapter with its own
-learning rate, schedule, weight decay and clipping; an adapter whose loss or gradient turns
+gradient of its own loss). The optimizer then steps each adapter with its own learning rate,
+schedule, weight decay and clipping — ``flat.FlatAdamW`` (default, ``optimizer="flat"``: all
+factors and gradients in flat buffers, one fused launch per adapter) or ``optim.AdapterOptimizer``
+(``optimizer="per-adapter"``: the earlier path over per-module views, kept for comparison); an adapter whose loss or gradient turns
 non-finite is frozen on the device at once and removed from the batch at the next log flush.
 
 Metrics are read back one step late (a pinned copy and an event), so the host never waits for the
 step it has just queued. ``drop`` removes adapters mid-run (successive halving) and frees their
-slots; ``state_dict``/``load_state_dict`` make a run resumable to the same final weights.
+slots; ``state_dict``/``load_state_dict`` make a run resumable to the same final weights (the
+checkpoint format is the same for both optimizers). ``cuda_graphs=True`` replays the steady-state
+step as one CUDA graph (``graphs.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ from loradial.engine.config import AdapterConfig, peft_config_dict
 from loradial.engine.layers import Bucket, SliceLora, choose_overhead, peft_init, plan_buckets, set_submodule, wrap_module
 from loradial.engine.batching import Batch, DataStream, make_batch
 from loradial.engine.loss import OutputHead
+from loradial.engine.flat import FlatAdamW
 from loradial.engine.optim import AdapterOptimizer
+
+OPTIMIZERS = ("flat", "per-adapter")
 
 
 class Engine:
@@ -40,7 +47,8 @@ class Engine:
                  grad_accum: int = 1, pad_token_id: int | None = None, gradient_checkpointing: bool = False,
                  seed: int = 0, eval_batch_size: int | None = None, bucket_overhead: float | str = "auto",
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, loss_chunk_tokens: int | None = None,
-                 metrics_path=None, base_model_name: str | None = None, check_head: bool = True):
+                 metrics_path=None, base_model_name: str | None = None, check_head: bool = True,
+                 optimizer: str = "flat", cuda_graphs: bool = False):
         from loradial.models.resolve import list_modules
 
         if not adapters:
@@ -54,6 +62,9 @@ class Engine:
             raise LoradialError("batch size and gradient accumulation must be >= 1", "use e.g. --batch-size 4 --grad-accum 1")
         if any(isinstance(m, (Bucket,)) or hasattr(m, "buckets") for m in model.modules()):
             raise LoradialError("this model already carries engine layers", "use a fresh model (or engine.unwrap())")
+        if optimizer not in OPTIMIZERS:
+            raise LoradialError(f"unknown optimizer {optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
+        self.optimizer, self.cuda_graphs = optimizer, bool(cuda_graphs)
         self.model, self.train_examples, self.eval_examples = model, train, eval or []
         self.batch_size, self.grad_accum, self.pad_token_id = batch_size, grad_accum, pad_token_id
         self.eval_batch_size = eval_batch_size or batch_size
@@ -72,6 +83,13 @@ class Engine:
         self.device = params[0].device
         self.amp = torch.bfloat16 if self.device.type == "cuda" else None
         self.multiple = 8 if self.device.type == "cuda" else None
+        if self.cuda_graphs:
+            from loradial.engine.graphs import check_graphable
+
+            quantized = any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+            check_graphable(self.device, gradient_checkpointing=gradient_checkpointing, load_in_4bit=quantized,
+                            dropout=max(a.spec.lora_dropout for a in adapters), optimizer=optimizer)
+        self._graph = None
         model.requires_grad_(False)
         self.backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
         if not isinstance(self.backbone, torch.nn.Module) or self.backbone is model:
@@ -134,7 +152,9 @@ class Engine:
 
     # --- set-up ---------------------------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast("cuda", dtype=self.amp) if self.amp else contextlib.nullcontext()
+        # no autocast weight cache under CUDA graphs (a captured cast must be redone on every replay)
+        return (torch.autocast("cuda", dtype=self.amp, cache_enabled=not self.cuda_graphs) if self.amp
+                else contextlib.nullcontext())
 
     def _init_state(self, cfg: AdapterConfig) -> dict[str, torch.Tensor]:
         """Initial factors: given ones, or PEFT's draws for the adapter's seed; DoRA m = ‖W + sBA‖_row."""
@@ -189,8 +209,13 @@ class Engine:
                 buckets.append(b)
             layer.set_buckets(list(buckets), len(order))
         cfgs = [self.configs[n] for n in order]
-        self.opt = AdapterOptimizer(entries, [c.weight_decay for c in cfgs], [c.max_grad_norm for c in cfgs],
-                                    self.betas, self.eps)
+        wd, clip = [c.weight_decay for c in cfgs], [c.max_grad_norm for c in cfgs]
+        if self.optimizer == "flat":
+            self.opt = FlatAdamW([b for layer in self.layers.values() for b in layer.buckets], wd, clip,
+                                 self.betas, self.eps, K=len(order))
+        else:
+            self.opt = AdapterOptimizer(entries, wd, clip, self.betas, self.eps)
+        self._graph = None  # new buckets: a captured step would point at the old ones
         with torch.no_grad():
             for name, mod, b, g in fills:
                 st = states[name]
@@ -283,6 +308,10 @@ class Engine:
             return
         if not self.model.training:
             self.model.train()
+        if self.cuda_graphs:  # the same step, static shapes, replayed as one CUDA graph
+            from loradial.engine.graphs import graphed_train_step
+
+            return graphed_train_step(self)
         batches = [make_batch(self._examples(self.data.next(), self.train_examples), self.pad_token_id, self.device,
                               self.multiple) for _ in range(self.grad_accum)]
         n_labels = sum(b.n_labels for b in batches)

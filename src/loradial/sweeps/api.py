@@ -59,6 +59,7 @@ def sweep(
     dropout: float = DEFAULT.dropout,
     packing: bool = DEFAULT.packing,
     load_in_4bit: bool = DEFAULT.load_in_4bit,
+    cuda_graphs: bool = DEFAULT.cuda_graphs,
     ray: str | None = None,
     ray_workers: int | None = None,
     trust_remote_code: bool = DEFAULT.trust_remote_code,
@@ -107,7 +108,7 @@ def sweep(
             train = TrainSettings.checked("flags", batch_size=batch_size, max_len=max_len, dtype=dtype, seed=seed,
                                           gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
                                           dropout=dropout, packing=packing, load_in_4bit=load_in_4bit,
-                                          trust_remote_code=trust_remote_code)
+                                          trust_remote_code=trust_remote_code, cuda_graphs=cuda_graphs)
             settings, ctx = sweep_setup.resolve(
                 model=model, data=data, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
                 lr_rank_exponent=lr_rank_exponent, seeds=seeds, grid=grid, steps=steps, epochs=epochs,

@@ -182,7 +182,7 @@ def _engine_for(job: dict[str, Any], env: SegmentEnv, metrics: Path):
     try:
         engine = Engine(env.model, configs, env.train, batch_size=t.batch_size, steps=s.steps, eval=env.eval,
                         eval_batch_size=EVAL_BATCH_FACTOR * t.batch_size, grad_accum=t.grad_accum,
-                        gradient_checkpointing=t.gradient_checkpointing,
+                        gradient_checkpointing=t.gradient_checkpointing, cuda_graphs=t.cuda_graphs,
                         pad_token_id=env.pad_token_id, seed=t.seed, metrics_path=metrics, base_model_name=s.model,
                         check_head=id(env.model) not in _HEAD_CHECKED)  # once per loaded base
     except ValueError as e:  # e.g. transformers: this model does not support gradient checkpointing

@@ -178,6 +178,15 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
             raise LoradialError("--load-in-4bit needs a 16-bit --dtype", "use --dtype auto or bf16 (the 4-bit base computes in bf16)")
     if train.gradient_checkpointing:
         check_gradient_checkpointing(model_dir)
+    if train.cuda_graphs:
+        import torch
+
+        from loradial.engine.graphs import check_graphable
+
+        for d in devices:  # refused before anything is written (the engine checks again on the loaded model)
+            check_graphable(torch.device(kind(d)),
+                            gradient_checkpointing=train.gradient_checkpointing, load_in_4bit=train.load_in_4bit,
+                            dropout=train.dropout, optimizer="flat")
     info = inspect_model(str(model_dir), trust_remote_code=train.trust_remote_code)
     tokenizer = load_tokenizer(model_dir, train.trust_remote_code)
     train = train.model_copy(update={"dtype": compute_dtype(train.dtype, kind(devices[0]))})
