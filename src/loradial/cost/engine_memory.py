@@ -31,8 +31,10 @@ Saved by the forward (engine/layers.py, engine/fused.py; the base layers as ``ac
 
 Loss (engine/loss.py): ∂ℓ/∂h of the N label positions is kept (c_w·N·h, c_w the head's compute
 size); the forward also holds the final hidden states (c·M·h), their N selected rows (c·N·h) and
-one chunk's logits: (c_w + 4)·C·V (the logits and their fp32 copy; 4·C·V when c_w = 4), C =
-min(N, ``loss_chunk_tokens`` or max(128, 2²⁸ // V)) — never the full M·V logits.
+one chunk's logits: (c_w + 4)·C·V (the logits and their fp32 copy; 4·C·V when c_w = 4), plus
+4·C·V when there are several chunks (the previous chunk's softmax is still referenced while the
+next is computed), C = min(N, ``loss_chunk_tokens`` or max(128, 2²⁸ // V)) — never the full M·V
+logits; and the batch's ids and label indices (8·M + 28·N).
 
 Transients (largest short-lived buffer of backward, on top of the incoming gradient of the
 residual stream c_res·M·h): an MLP's input grads 3·c·M·I; attention's dq, dk, dv + fp32 dq,
@@ -219,11 +221,15 @@ def estimate_engine_memory(info: ModelInfo, adapters: Sequence[AdapterShape], *,
 
     # --- loss ---
     C = min(N, loss_chunk(s.vocab, loss_chunk_tokens))
-    logits = ((c_w + 4) if c_w != 4 else 4) * C * s.vocab + (8 * C * s.vocab if softcap else 0) + c_w * C * s.hidden
+    # one chunk's logits and their fp32 copy; from the second chunk on the previous chunk's fp32
+    # softmax is still bound (``p``) while the next one is computed
+    f_chunk = (c_w if c_w != 4 else 0) + 4 + (4 if N > C else 0)
+    logits = f_chunk * C * s.vocab + (8 * C * s.vocab if softcap else 0) + c_w * C * s.hidden
     if cuda and c_base == 4:
         logits += c_w * s.vocab * s.hidden  # the head's weight cast to bf16 per call
     loss_saved = c_w * N * s.hidden
-    loss_fwd = loss_saved + c * M * s.hidden + c * N * s.hidden + logits
+    batch = 8 * M + 28 * N  # input ids; label index, targets (+ their K-fold repeats), fp32 losses
+    loss_fwd = loss_saved + c * M * s.hidden + c * N * s.hidden + logits + batch
     loss_bwd = loss_saved + c_w * N * s.hidden + c * M * s.hidden
 
     # --- backward transients (on top of the incoming gradient of the residual stream) ---
