@@ -125,10 +125,10 @@ def loss_chunk(vocab: int, chunk_tokens: int | None = None) -> int:
     return chunk_tokens or max(128, (1 << 28) // max(vocab, 1))
 
 
-def _same_bucket(adapters: Sequence[AdapterShape], name: str) -> bool:
+def _same_bucket(adapters: Sequence[AdapterShape], maps: dict, name: str) -> bool:
     """One bucket over every slice of this module (the engine's autograd path): all adapters target it
     with one rank and one DoRA flag."""
-    keys = {(a.ranks.get(name), a.use_dora) for a in adapters}
+    keys = {(maps[id(a)].get(name), a.use_dora) for a in adapters}
     return len(keys) == 1 and next(iter(keys))[0] is not None
 
 
@@ -192,10 +192,11 @@ def estimate_engine_memory(info: ModelInfo, adapters: Sequence[AdapterShape], *,
     seen: set = set()
     dora_fwd = dora_bwd = dora_norm = 0
     in_dims = []
+    maps = {id(a): a.ranks for a in adapters}
     for name, (mod, _) in union.items():
         li = layer_index(name)
-        users = [(a, a.ranks[name]) for a in adapters if name in a.ranks]
-        single = _same_bucket(adapters, name)
+        users = [(a, maps[id(a)][name]) for a in adapters if name in maps[id(a)]]
+        single = _same_bucket(adapters, maps, name)
         if mod.kind == "embedding":
             saved = sum(8 * Mk + c * Mk * r + (c * r * mod.d_out if c != 4 else 0) for _, r in users)
         else:
