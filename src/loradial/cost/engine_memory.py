@@ -49,7 +49,12 @@ backward c_w·N·h + c·M·h; a dequantized 4-bit weight.
                           (a fused / foreach AdamW over flat per-adapter buffers); named apart so a
                           GPU measurement can tell whether it is there
 
-The peak is the largest of the moments in ``phases`` (forward_end, backward_start, recompute,
+Not modelled: the attention mask of a padded batch (the estimate assumes every sequence is
+``max_len`` long, so no mask; a padded batch has fewer real tokens but, under SDPA, a (B, 1, T, T)
+mask and possibly a slower kernel's saves), mixed per-adapter dropout in one bucket (fp32 keep
+masks), Gemma-style soft-capping beyond ``softcap``'s 8·C·V.
+
+The peak is the largest of the moments in ``phases`` (forward_end, forward_layer, backward_start, recompute,
 optimizer_step); ``breakdown`` is the memory at that moment, so its values sum to ``total_bytes``.
 Checked on a CPU against the storage the engine really allocates (tests/test_engine_memory.py,
 benchmarks/sweep/ENGINE_MEMORY.md); the GPU check is ``benchmarks/sweep/engine_memory_check.py``.
