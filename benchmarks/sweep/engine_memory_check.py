@@ -146,6 +146,8 @@ def run_pack(pack: Pack, shape: dict, *, batch: int, max_len: int, device: str, 
     cuda = device.startswith("cuda")
     gc.collect()
     if cuda:
+        if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):  # the estimate counts them: start without
+            torch._C._cuda_clearCublasWorkspaces()
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
