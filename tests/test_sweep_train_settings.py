@@ -194,7 +194,7 @@ def _costs(gradient_checkpointing=False, load_in_4bit=False, gib=None, dropout=N
 
     train = TrainSettings(max_len=2048, dtype="bf16", batch_size=4, dropout=dropout or 0.0,
                           gradient_checkpointing=bool(gradient_checkpointing), load_in_4bit=bool(load_in_4bit))
-    settings = SweepSettings.model_construct(train=train, configs=[SweepConfigEntry.model_construct(name="r16", use_dora=use_dora)])
+    settings = SweepSettings.model_construct(train=train, configs=[SweepConfigEntry.model_construct(name="r16", r=16, use_dora=use_dora)])
     budget, costs = memory_costs(settings, info, targeted, [{"input_ids": [0] * 2048}], ["cpu"], gib)
     from loradial.sweeps.pack import ConfigCost
 
@@ -220,9 +220,9 @@ def test_packer_accepts_a_config_that_only_fits_with_gradient_checkpointing():
 
 
 def test_packer_counts_the_dropout_mask_for_lora_and_dora():
-    """--dropout: one bool mask (M·d_in bytes) per module and adapter, DoRA included (the memory model
-    covers DoRA at dropout 0 only, so the packer adds DoRA's mask itself)."""
-    mask = 4 * 2048 * sum(d for d in _d_ins())  # batch 4 x 2048 tokens, one adapter
+    """--dropout: per module and adapter the engine keeps a bool mask and the dropped input (bf16 on
+    this CPU budget: (1 + 2)·M·d_in bytes), DoRA included (``cost.engine_memory``)."""
+    mask = 3 * 4 * 2048 * sum(d for d in _d_ins())  # batch 4 x 2048 tokens, one adapter
     for dora in (False, True):
         base, drop = _costs(use_dora=dora)[1][0], _costs(use_dora=dora, dropout=0.1)[1][0]
         assert drop.alone - base.alone == mask and drop.marginal - base.marginal == mask

@@ -10,7 +10,7 @@ from rich.table import Table
 from loradial.cli import options as opt
 from loradial.cli.common import app, given_options, refuse_with_resume, console, run, split_list
 from loradial.errors import LoradialError
-from loradial.settings import MAX_NEW_TOKENS, DEFAULT
+from loradial.settings import MAX_NEW_TOKENS, DEFAULT, SweepSettings
 
 
 def render(res) -> None:
@@ -62,7 +62,8 @@ def tune_cmd(
     metric: opt.Metric = "eval_loss",
     max_new_tokens: opt.MaxNewTokens = MAX_NEW_TOKENS,
     devices: Optional[str] = typer.Option(None, "--devices", help="Devices, e.g. cuda:0,cuda:1 or cpu (default: all local GPUs, else cpu)."),
-    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GiB per device the packer may plan for."),
+    gpu_memory: opt.GpuMemory = None,
+    memory_fraction: opt.MemoryFraction = SweepSettings.model_fields["memory_fraction"].default,
     no_rank_check: bool = typer.Option(False, "--no-rank-check", help="Skip the winner's truncation curve and smaller-rank check."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the tune in this directory (its settings are kept)."),
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
@@ -89,6 +90,7 @@ def tune_cmd(
                     grad_accum=grad_accum, dropout=dropout, packing=packing,
                     gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit, seed=seed,
                     eval_every=eval_every, metric=metric, max_new_tokens=max_new_tokens, devices=split_list(devices) or None, gpu_memory=gpu_memory,
+                    memory_fraction=memory_fraction,
                     trust_remote_code=trust_remote_code, rank_check=not no_rank_check, progress=True)
 
     where = resume or out

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from loradial.settings import EvalSettings, TrainSettings
+from loradial.settings import EvalSettings, SweepSettings, TrainSettings
 
 
 def _train(field: str, *names: str, **kw) -> typer.models.OptionInfo:
@@ -67,6 +67,10 @@ Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps p
 Epochs = Annotated[Optional[float], typer.Option("--epochs", help="Passes over the training data (or --steps).")]
 Metric = Annotated[str, typer.Option("--metric", help="What picks the best config: eval_loss, or exact_match (greedy decoding of the eval completions; prompt/completion or chat eval data).")]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Greedy decoding limit of --metric exact_match.")]
+GpuMemory = Annotated[Optional[float], typer.Option(
+    "--gpu-memory", help="GiB per device the packer may plan for (default: the free memory x --memory-fraction).")]
+MemoryFraction = Annotated[float, typer.Option(
+    "--memory-fraction", help=(SweepSettings.model_fields["memory_fraction"].description or "").replace("``", ""))]
 EvalEvery = Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (and always at the end).")]
 
 # --- evaluation of an adapter against its base (alpha-sweep, analyze --data) -----------------------------

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from loradial.errors import LoradialError
 from loradial.io import atomic_write_json, atomic_write_text, check_out_not_overlapping, read_json
 from loradial.result import Result
-from loradial.settings import DEFAULT, MAX_NEW_TOKENS, TunePolicy
+from loradial.settings import DEFAULT, MAX_NEW_TOKENS, SweepSettings, TunePolicy
 
 PLAN_FILE = "tune-plan.json"
 RETAIN = 0.99
@@ -170,6 +170,7 @@ def tune(
     eval_every: int | None = None,
     devices: Sequence[str] | None = None,
     gpu_memory: float | None = None,
+    memory_fraction: float = SweepSettings.model_fields["memory_fraction"].default,
     trust_remote_code: bool = DEFAULT.trust_remote_code,
     rank_check: bool = True,
     resume: bool = False,
@@ -191,6 +192,7 @@ def tune(
         return _resume(out, devices, progress, t0, say)
     _check_inputs(out, model, data, eval_data, budget, time)
     sweep_kw = dict(batch_size=batch_size, max_len=max_len, eval_every=eval_every, gpu_memory=gpu_memory,
+                    memory_fraction=memory_fraction,
                     dtype=dtype, seed=seed, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
                     dropout=dropout, packing=packing, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code,
                     metric=metric, max_new_tokens=max_new_tokens)

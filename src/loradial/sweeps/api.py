@@ -49,6 +49,7 @@ def sweep(
     halving: bool = False,
     halving_at: str | Sequence[float] | None = None,
     gpu_memory: float | None = None,
+    memory_fraction: float = SweepSettings.model_fields["memory_fraction"].default,
     devices: Sequence[str] | None = None,
     pack_size: int | None = None,
     dtype: str = DEFAULT.dtype,
@@ -113,7 +114,7 @@ def sweep(
                 model=model, data=data, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
                 lr_rank_exponent=lr_rank_exponent, seeds=seeds, grid=grid, steps=steps, epochs=epochs,
                 eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every, halving=halving,
-                halving_at=halving_at, gpu_memory=gpu_memory, devices=devices, pack_size=pack_size,
+                halving_at=halving_at, gpu_memory=gpu_memory, memory_fraction=memory_fraction, devices=devices, pack_size=pack_size,
                 checkpoint_every=checkpoint_every, train=train, ray=ray, ray_workers=ray_workers, tune=tune,
                 metric=metric, max_new_tokens=max_new_tokens,
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from loradial.errors import LoradialError
-from loradial.sweeps.pack import device_budget
+from loradial.sweeps.pack import MEMORY_FRACTION, device_budget, device_total
 
 PREFIX = "ray/"
 
@@ -61,17 +61,23 @@ def remote_task(fn: Callable, device: str):
     return ray.remote(num_gpus=1 if kind(device) == "cuda" else 0, num_cpus=1, max_retries=0)(fn)
 
 
-def _probe_budget(device: str) -> int | None:
-    return device_budget(device)
+def _probe_budget(device: str, memory_fraction: float) -> tuple[int | None, int | None]:
+    return device_budget(device, None, memory_fraction), device_total(device)
 
 
-def worker_budget(device: str, gpu_memory: float | None) -> int | None:
+def worker_budget(device: str, gpu_memory: float | None, memory_fraction: float = MEMORY_FRACTION) -> int | None:
     """The packer's per-worker budget: ``--gpu-memory`` if given, else what a probe task on one worker finds."""
+    return worker_memory(device, gpu_memory, memory_fraction)[0]
+
+
+def worker_memory(device: str, gpu_memory: float | None,
+                  memory_fraction: float = MEMORY_FRACTION) -> tuple[int | None, int | None]:
+    """(the packer's budget, the device's total memory or None) of one Ray worker."""
     if gpu_memory is not None:
-        return device_budget(device, gpu_memory)
+        return device_budget(device, gpu_memory, memory_fraction), None
     import ray
 
-    return ray.get(remote_task(_probe_budget, device).remote(kind(device)))
+    return tuple(ray.get(remote_task(_probe_budget, device).remote(kind(device), memory_fraction)))
 
 
 def default_devices() -> list[str]:

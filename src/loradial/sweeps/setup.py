@@ -17,7 +17,7 @@ from loradial.errors import LoradialError
 from loradial.models.load import load_tokenizer
 from loradial.settings import DEFAULT, MAX_NEW_TOKENS, SweepConfigEntry, SweepSettings, TrainSettings, validated
 from loradial.sweeps.devices import check_4bit, compute_dtype, kind, resolve_devices
-from loradial.sweeps.devices import is_ray, worker_budget
+from loradial.sweeps.devices import is_ray
 
 @dataclasses.dataclass
 class Context:
@@ -148,7 +148,8 @@ def _data(settings: SweepSettings, tokenizer) -> tuple[list, list]:
 def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, grid, steps, epochs,
             eval_data, eval_fraction, eval_every, halving, halving_at, gpu_memory, devices, pack_size,
             checkpoint_every, train: TrainSettings, ray=None, ray_workers=None,
-            tune=None, metric="eval_loss", max_new_tokens=MAX_NEW_TOKENS) -> tuple[SweepSettings, Context]:
+            tune=None, metric="eval_loss", max_new_tokens=MAX_NEW_TOKENS,
+            memory_fraction=SweepSettings.model_fields["memory_fraction"].default) -> tuple[SweepSettings, Context]:
     """Validate everything and return (the SweepSettings sweep.yaml will hold, in-memory context)."""
     from loradial.models.resolve import inspect_model
     from loradial.models.targets import resolve_targets
@@ -157,6 +158,9 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     values = _grid_values(grid, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
                           lr_rank_exponent=lr_rank_exponent, seeds=seeds)
     configs = build_configs(values)
+    from loradial.sweeps.pack import check_fraction
+
+    check_fraction(memory_fraction)
     for name, v in (("--steps", steps), ("--eval-every", eval_every), ("--checkpoint-every", checkpoint_every)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             raise LoradialError(f"{name} must be a positive integer, got {v!r}", f"e.g. {name} 100")
@@ -215,7 +219,8 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     settings = validated(SweepSettings, dict(
         base, steps=n_steps, epochs=epochs, eval_every=eval_every, halving=bool(halving),
         halving_fractions=list(fractions) if fractions else None, halving_boundaries=rung_boundaries(n_steps, fractions),
-        checkpoint_every=checkpoint_every, pack_size=pack_size, gpu_memory=gpu_memory, configs=entries, tune=tune,
+        checkpoint_every=checkpoint_every, pack_size=pack_size, gpu_memory=gpu_memory, memory_fraction=memory_fraction,
+        configs=entries, tune=tune,
         metric=metric, max_new_tokens=max_new_tokens,
     ), "sweep")
     adapter_configs(settings, settings.names)  # the engine's own checks, before anything is written
@@ -227,36 +232,47 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     return settings, Context(info, tokenizer, train_ex, ev, targeted, devices)
 
 
-def memory_costs(settings: SweepSettings, info, targeted, train, devices, gpu_memory) -> tuple[int | None, list]:
-    """Per-config (shared, marginal) bytes from the memory model, and the per-device budget.
+def memory_costs(settings: SweepSettings, info, targeted, train, devices, gpu_memory,
+                 all_ranks: Sequence[int] | None = None) -> tuple[int | None, list]:
+    """Per-config (shared, marginal) bytes from the engine's memory model, and the per-device budget.
 
-    The estimate is that of one micro-batch (``batch_size`` sequences: --grad-accum adds no memory),
-    with gradient checkpointing, the 4-bit base and the dropout mask when the sweep uses them (the memory
-    model covers DoRA at dropout 0 only, so a DoRA config's mask, M·d_in per module, is added here)."""
-    from loradial.cost.memory import estimate_training_memory
+    The estimate (``loradial.cost.engine_memory``) is that of one micro-batch (``batch_size``
+    sequences of ``max_len`` tokens each — the longest batch the data can give; --grad-accum adds
+    no memory), with gradient checkpointing, the 4-bit base and the dropout when the sweep uses
+    them. When the grid mixes ranks (``all_ranks``, default: the configs'), a pack may zero-pad
+    ranks inside the engine's buckets: the engine's padding budget is added to the shared part.
+    ``train`` is unused (kept for callers): packs are sized by ``max_len``, not the longest record."""
+    from loradial.cost.engine_memory import AdapterShape, estimate_engine_memory, padding_allowance
     from loradial.settings import ConfigCostEntry
-    from loradial.sweeps.pack import config_cost, device_budget
+    from loradial.sweeps.devices import worker_memory
+    from loradial.sweeps.pack import PACK_SIZES, config_cost, device_budget, device_total
 
     t = settings.train
-    seq_len = min(t.max_len, max(len(ex["input_ids"]) for ex in train))
-    dtype, checkpointing, dropout = t.dtype, t.gradient_checkpointing, t.dropout
+    fraction = settings.memory_fraction
+    if is_ray(devices):
+        budget, total = worker_memory(devices[0], gpu_memory, fraction)
+        budgets, totals = [budget], [total]
+    else:
+        budgets = [device_budget(d, gpu_memory, fraction) for d in devices]
+        totals = [device_total(d) for d in devices]
+    known = [b for b in budgets if b is not None]
+    budget = min(known) if known else None
+    cuda = kind(devices[0]) == "cuda"
+    ranks = set(all_ranks if all_ranks is not None else (c.r for c in settings.configs))
+    total = max((x for x in totals if x is not None), default=None) or (budget if cuda else None)
+    padding = padding_allowance(total, cuda) if len(ranks) > 1 else 0
     quant = "4bit" if t.load_in_4bit else "none"
     costs = []
     for entry in settings.configs:
-        def est(n, entry=entry):
-            pairs, dora = targeted[entry.name], entry.use_dora
-            total = estimate_training_memory(info, pairs, use_dora=dora, batch_size=t.batch_size,
-                                             seq_len=seq_len, dtype=dtype, quant=quant,
-                                             gradient_checkpointing=checkpointing, n_adapters=n,
-                                             lora_dropout=0.0 if dora else dropout).total_bytes
-            if dora and dropout > 0:  # the model covers DoRA at dropout 0: add the masks, M·d_in per module
-                total += n * t.batch_size * seq_len * sum(m.d_in for m, _ in pairs if m.kind != "embedding")
-            return total
-        costs.append(ConfigCostEntry(**dataclasses.asdict(config_cost(entry.name, est))))
-    budgets = ([worker_budget(devices[0], gpu_memory)] if is_ray(devices) else
-               [device_budget(d, gpu_memory) for d in devices])
-    known = [b for b in budgets if b is not None]
-    return (min(known) if known else None), costs
+        shape = AdapterShape(tuple(targeted[entry.name]), entry.use_dora, t.dropout)
+
+        def est(n, shape=shape):
+            return estimate_engine_memory(info, [shape] * n, batch_size=t.batch_size, max_len=t.max_len, dtype=t.dtype,
+                                          device="cuda" if cuda else "cpu", quant=quant,
+                                          gradient_checkpointing=t.gradient_checkpointing,
+                                          padding_bytes=padding).total_bytes
+        costs.append(ConfigCostEntry(**dataclasses.asdict(config_cost(entry.name, est, PACK_SIZES))))
+    return budget, costs
 
 
 def load_context(settings: SweepSettings, devices: Sequence[str] | None, ray: str | None = None,
@@ -305,7 +321,7 @@ def add_configs(sd, settings: SweepSettings, ctx: Context, news: Sequence) -> tu
     grown.configs = [*grown.configs, *entries]
     adapter_configs(grown, [e.name for e in entries])  # the engine's checks
     _, costs = memory_costs(grown.model_copy(update={"configs": entries}), ctx.info, ctx.targeted, ctx.train,
-                            ctx.devices, grown.gpu_memory)
+                            ctx.devices, grown.gpu_memory, all_ranks=[c.r for c in grown.configs])
     grown.costs = [*grown.costs, *costs]
     make_packs([ConfigCost(**c.model_dump()) for c in costs], grown.budget_bytes, grown.pack_size)  # fit check
     sd.write_settings(grown)
