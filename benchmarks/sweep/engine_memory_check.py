@@ -111,7 +111,9 @@ def live_bytes(engine) -> int:
     """Bytes of the distinct storages alive before a step: the model (with the engine's buckets), AdamW state."""
     tensors = [*engine.model.parameters(), *engine.model.buffers()]
     opt = engine.opt
-    tensors += [*opt.exp_avg, *opt.exp_avg_sq, opt.steps, opt.frozen, opt.max_norm, opt.owner]
+    state = [getattr(opt, n) for n in ("flat", "grad", "exp_avg", "exp_avg_sq", "steps", "frozen", "max_norm", "owner")
+             if hasattr(opt, n)]  # the flat optimizer holds one tensor per name, the per-adapter one lists
+    tensors += [t for s in state for t in ([s] if isinstance(s, torch.Tensor) else s)]
     tensors += [p.grad for p in engine.model.parameters() if p.grad is not None]
     seen = {}
     for t in tensors:
