@@ -67,13 +67,15 @@ def _packs(bench):
     return out
 
 
-CASES = [(p, "fp32") for p in range(10)] + [(p, "bf16") for p in (1, 3, 7)]
+CASES = ([(p, "fp32", "flat") for p in range(10)] + [(p, "bf16", "flat") for p in (1, 3, 7)]
+         + [(p, "fp32", "per-adapter") for p in (1, 3, 6)])
 
 
-@pytest.mark.parametrize("index, dtype", CASES, ids=[f"{i}-{d}" for i, d in CASES])
-def test_estimate_brackets_the_measured_cpu_peak(bench, index, dtype):
+@pytest.mark.parametrize("index, dtype, optimizer", CASES, ids=[f"{i}-{d}-{o}" for i, d, o in CASES])
+def test_estimate_brackets_the_measured_cpu_peak(bench, index, dtype, optimizer):
     pack = _packs(bench)[index]
-    r = bench.run_pack(pack, bench.TINY, batch=2, max_len=48, device="cpu", dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    r = bench.run_pack(pack, bench.TINY, batch=2, max_len=48, device="cpu",
+                       dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype], optimizer=optimizer)
     assert UNDER * r["measured"] <= r["estimate"] <= OVER * r["measured"], (pack.label, r["measured"], r["estimate"])
     if pack.vocab == 2048 and not pack.checkpointing:  # the vocabulary moves the peak into the loss's forward
         assert r["phase"] == "forward_end"
@@ -110,16 +112,22 @@ def adapter(info, r=16, dora=False, dropout=0.0, targets="all-linear"):
     return AdapterShape(tuple((m, r) for m in matched_modules(spec, info)), dora, dropout)
 
 
-def test_breakdown_terms_sum_and_optimizer_temporaries_are_named():
+def test_breakdown_terms_sum_and_the_optimizers_gradients():
     info = qwen(32000)
     a = adapter(info)
     est = estimate_engine_memory(info, [a, a], batch_size=4, max_len=512)
     assert tuple(est.breakdown) == TERMS and sum(est.breakdown.values()) == est.total_bytes == max(est.phases.values())
     P = 2 * a.params
     assert est.breakdown["adapter_weights"] == 4 * P and est.breakdown["optimizer_states"] == 8 * P
-    opt = estimate_engine_memory(info, [a, a], batch_size=1, max_len=8)  # tiny batch: the optimizer step peaks
-    assert opt.peak_phase == "optimizer_step"
-    assert opt.breakdown["optimizer_temporaries"] == 4 * P and opt.breakdown["gradients"] == 4 * P
+    # the flat optimizer's grad buffer is alive all step; the fused AdamW needs no temporary
+    assert est.breakdown["gradients"] == 4 * P and est.breakdown["optimizer_temporaries"] == 0
+    per = estimate_engine_memory(info, [a, a], batch_size=4, max_len=512, optimizer="per-adapter")
+    assert per.breakdown["gradients"] == 0 and per.peak_phase == est.peak_phase != "optimizer_step"
+    assert {k: est.phases[k] - per.phases[k] for k in est.phases} == {k: 0 if k == "optimizer_step" else 4 * P
+                                                                      for k in est.phases}
+    tiny = estimate_engine_memory(info, [a, a], batch_size=1, max_len=8, optimizer="per-adapter")
+    assert tiny.peak_phase == "optimizer_step"  # tiny batch: the per-adapter optimizer's step peaks
+    assert tiny.breakdown["gradients"] == 4 * P and tiny.breakdown["optimizer_temporaries"] == 0
     assert est.to_dict()["tokens"] == 2 * 4 * 512
 
 
@@ -149,7 +157,7 @@ def test_checkpointing_and_padding_to_max_len():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(batch_size=0), "--batch-size"), (dict(max_len=-1), "--max-len"), (dict(dtype="int3"), "dtype"),
-    (dict(device="tpu"), "device"),
+    (dict(device="tpu"), "device"), (dict(optimizer="adam"), "optimizer"),
 ])
 def test_bad_arguments(kw, message):
     info = qwen(32000)
@@ -182,7 +190,8 @@ def test_packs_are_sized_by_max_len_not_the_longest_record():
     _, long = _costs(info, [16], records=[{"input_ids": [0] * 512}])
     assert short == long  # the records do not matter ...
     _, longer = _costs(info, [16], max_len=1024)
-    assert longer[0].marginal > 1.9 * short[0].marginal  # ... --max-len does
+    fixed = 16 * adapter(info).params  # weights, gradients, AdamW moments: whatever the length
+    assert longer[0].marginal - fixed > 1.9 * (short[0].marginal - fixed)  # ... --max-len does
 
 
 def test_memory_fraction_scales_the_budget(monkeypatch):

@@ -139,7 +139,8 @@ def examples(n: int, length: int, vocab: int) -> list[dict]:
     return [{"input_ids": x, "labels": x} for x in ids]
 
 
-def run_pack(pack: Pack, shape: dict, *, batch: int, max_len: int, device: str, dtype: torch.dtype) -> dict:
+def run_pack(pack: Pack, shape: dict, *, batch: int, max_len: int, device: str, dtype: torch.dtype,
+             optimizer: str = "flat") -> dict:
     from loradial.cost.engine_memory import AdapterShape, estimate_engine_memory
     from loradial.engine import AdapterConfig, Engine
     from loradial.models.resolve import model_info_from_config
@@ -159,7 +160,7 @@ def run_pack(pack: Pack, shape: dict, *, batch: int, max_len: int, device: str, 
                for i, (r, d) in enumerate(zip(pack.ranks, pack.dora))]
     engine = Engine(model, configs, examples(4 * batch, max_len, pack.vocab), batch_size=batch, steps=4,
                     pad_token_id=0, gradient_checkpointing=pack.checkpointing, check_head=False,
-                    loss_chunk_tokens=pack.chunk)
+                    loss_chunk_tokens=pack.chunk, optimizer=optimizer)
     engine.train_step()  # warm-up (lazy state, allocator)
     engine.flush()
     t0 = time.perf_counter()
@@ -185,7 +186,7 @@ def run_pack(pack: Pack, shape: dict, *, batch: int, max_len: int, device: str, 
     dt = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     est = estimate_engine_memory(info, shapes, batch_size=batch, max_len=max_len, dtype=dt,
                                  device="cuda" if cuda else "cpu", gradient_checkpointing=pack.checkpointing,
-                                 loss_chunk_tokens=pack.chunk)
+                                 loss_chunk_tokens=pack.chunk, optimizer=optimizer)
     del engine, model
     gc.collect()
     return {"pack": pack.label, "K": len(pack.ranks), "ranks": "/".join(f"{r}{'D' if d else ''}" for r, d in
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="base dtype (default: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--max-len", type=int, default=None)
+    ap.add_argument("--optimizer", choices=("flat", "per-adapter"), default="flat",
+                    help="the engine's optimizer (default: flat, the engine's default)")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     a = ap.parse_args(argv)
     cuda = a.device.startswith("cuda")
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.perf_counter()
     for p in packs:
-        r = run_pack(p, shape, batch=batch, max_len=max_len, device=a.device, dtype=dtype)
+        r = run_pack(p, shape, batch=batch, max_len=max_len, device=a.device, dtype=dtype, optimizer=a.optimizer)
         rows.append(r)
         print(f"{r['pack']:28s} measured {fmt(r['measured']):>12s}  estimate {fmt(r['estimate']):>12s}  "
               f"{r['error_pct']:+6.1f} %  ({r['phase']})", flush=True)
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Device: {dev}; torch {torch.__version__}, transformers {transformers.__version__}; "
               f"{'Qwen2.5-0.5B body' if shape is QWEN05 else 'tiny Qwen2 body (hidden 64, 2 layers)'}, "
               f"random {str(dtype).split('.')[-1]} weights, batch {batch} per adapter x {max_len} tokens, "
-              f"all-linear; wall {time.perf_counter() - t0:.0f} s.")
+              f"all-linear, {a.optimizer} optimizer; wall {time.perf_counter() - t0:.0f} s.")
     text = table(rows, header)
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:

@@ -13,6 +13,11 @@ Static (whole step)
     frozen_weights        the base in ``dtype`` (NF4 per ``memory.nf4_bytes`` with ``quant="4bit"``)
     adapter_weights       4·ΣP_k (bucket tensors A (G, d_in, r), B (G, r, d_out), DoRA m (G, d_out), fp32)
     optimizer_states      8·ΣP_k (AdamW exp_avg, exp_avg_sq, fp32)
+    gradients             4·ΣP_k with the default ``optimizer="flat"`` (engine/flat.py: one fp32 grad
+                          buffer, allocated once and attached as every bucket tensor's ``.grad``; the
+                          fused backward writes into it), so it is in every phase below; with
+                          ``optimizer="per-adapter"`` (engine/optim.py) autograd allocates the gradients
+                          during backward, so they count from the recompute / optimizer-step moments on
     overhead              cuBLAS workspaces on CUDA (``memory.WORKSPACE_BYTES``)
     bucket_padding        an allowance the caller may add for padding it cannot see (the packer does)
 
@@ -24,7 +29,8 @@ Saved by the forward (engine/layers.py, engine/fused.py; the base layers as ``ac
                           per adapter: h = x·sAᵀ, c·m·T·r; the compute-dtype copies s·Aᵀ and Bᵀ,
                           c·r·(d_in + d_out) (Bᵀ is B itself in fp32); dropout: its bool mask and the
                           dropped input, (1 + c)·m·T·d_in; DoRA: the base output, c·m·T·d_out (twice when
-                          the module has a single bucket: autograd's path also keeps W·x); an
+                          the module has a single bucket under the per-adapter optimizer: that path
+                          goes through autograd, which also keeps W·x; the flat one is fused); an
                           embedding: int64 ids and h, (8 + c·r)·m·T
     With gradient checkpointing only each decoder layer's input survives (L·c_res·M·h, c_res the
     residual stream's size); backward recomputes one layer at a time.
@@ -44,10 +50,11 @@ c·M·(q + 2kv) + 4·M·q; an RMSNorm's fp32 backward, 12·M·h; an adapted modu
 (12 + c)·G·m·T·d_out plus the (G, d_in, d_out) weight-norm work 2·c·G·d_in·d_out; the loss's
 backward c_w·N·h + c·M·h; a dequantized 4-bit weight.
 
-    gradients             4·ΣP_k, all alive at the optimizer step
-    optimizer_temporaries 4·ΣP_k: one fp32 temporary per trainable parameter during the AdamW step
-                          (a fused / foreach AdamW over flat per-adapter buffers); named apart so a
-                          GPU measurement can tell whether it is there
+    optimizer_temporaries 0: both optimizers update in place with ``torch._fused_adamw_`` (the clip
+                          factor is its grad scale); what the step allocates is one 4-byte norm per
+                          gradient row or view (measured on a CPU: 17 B … 1 KiB for the packs of
+                          tests/test_engine_memory.py). Named apart so a GPU measurement can show one
+                          (a foreach fallback would need 8·ΣP_k: the clipped gradient and √v)
 
 Not modelled: the attention mask of a padded batch (the estimate assumes every sequence is
 ``max_len`` long, so no mask; a padded batch has fewer real tokens but, under SDPA, a (B, 1, T, T)
@@ -73,6 +80,9 @@ from loradial.errors import LoradialError
 from loradial.models.info import LINEAR_KINDS, ModelInfo, ModuleInfo
 from loradial.result import Result
 from loradial.spec import layer_index
+
+#: The engine's optimizers (``loradial.engine.Engine(optimizer=...)``); "flat" is its default.
+OPTIMIZERS = ("flat", "per-adapter")
 
 #: The terms of ``EngineMemoryEstimate.breakdown``, in table order.
 TERMS = ("frozen_weights", "adapter_weights", "optimizer_states", "gradients", "optimizer_temporaries",
@@ -141,11 +151,13 @@ def estimate_engine_memory(info: ModelInfo, adapters: Sequence[AdapterShape], *,
                            dtype: str = "bf16", device: str = "cuda", quant: str = "none",
                            gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
                            loss_chunk_tokens: int | None = None, softcap: bool = False,
-                           padding_bytes: int = 0) -> EngineMemoryEstimate:
+                           padding_bytes: int = 0, optimizer: str = "flat") -> EngineMemoryEstimate:
     """Peak memory of one engine step for a pack of ``adapters`` (formulas in the module docstring).
 
     ``device``: 'cuda' (bf16 autocast, T rounded up to a multiple of 8, cuBLAS workspaces) or 'cpu'
     (no autocast: everything in ``dtype``). ``padding_bytes``: an allowance added as ``bucket_padding``.
+    ``optimizer``: the engine's, 'flat' (its default: a persistent gradient buffer, every bucket through
+    the fused node) or 'per-adapter'.
     """
     if not adapters:
         raise LoradialError("no adapter in the pack", "pass at least one AdapterShape")
@@ -156,6 +168,9 @@ def estimate_engine_memory(info: ModelInfo, adapters: Sequence[AdapterShape], *,
         raise LoradialError(f"unknown dtype {dtype!r}", f"use one of {', '.join(DTYPE_BYTES)}")
     if device not in ("cuda", "cpu"):
         raise LoradialError(f"unknown device kind {device!r}", "use 'cuda' or 'cpu'")
+    if optimizer not in OPTIMIZERS:
+        raise LoradialError(f"unknown optimizer {optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
+    flat = optimizer == "flat"
     s = model_shape(info)
     cuda = device == "cuda"
     K, m = len(adapters), batch_size
@@ -201,7 +216,8 @@ def estimate_engine_memory(info: ModelInfo, adapters: Sequence[AdapterShape], *,
     for name, (mod, _) in union.items():
         li = layer_index(name)
         users = [(a, maps[id(a)][name]) for a in adapters if name in maps[id(a)]]
-        single = _same_bucket(adapters, maps, name)
+        # one bucket over every slice goes through autograd only with the per-adapter optimizer
+        single = not flat and _same_bucket(adapters, maps, name)
         if mod.kind == "embedding":
             saved = sum(8 * Mk + c * Mk * r + (c * r * mod.d_out if c != 4 else 0) for _, r in users)
         else:
@@ -251,25 +267,27 @@ def estimate_engine_memory(info: ModelInfo, adapters: Sequence[AdapterShape], *,
     layer_tr = c_res * M * s.hidden + max(cands)
     fwd_tr = max(dora_fwd, dora_norm)  # forward transients inside a layer
 
-    grads, opt_tmp = 4 * P, 4 * P
+    grads = 4 * P
+    g0 = grads if flat else 0  # the flat grad buffer is allocated once and alive all step
+    opt_tmp = 0  # both optimizers run torch._fused_adamw_ in place
     base_acts = sum(per_layer) + sum(frozen_copy) + head_saved + sa.mask
     lora_acts = sum(lora_layer) + lora_outside
     # each phase: (gradients, optimizer temporaries, base activations, lora activations, loss, transient)
     phases: dict[str, tuple[int, int, int, int, int, int]] = {}
     if not gradient_checkpointing:
-        phases["forward_end"] = (0, 0, base_acts, lora_acts, loss_fwd, 0)
-        phases["forward_layer"] = (0, 0, base_acts, lora_acts, 0, fwd_tr)
-        phases["backward_start"] = (0, 0, base_acts, lora_acts, max(loss_bwd, layer_tr), 0)
+        phases["forward_end"] = (g0, 0, base_acts, lora_acts, loss_fwd, 0)
+        phases["forward_layer"] = (g0, 0, base_acts, lora_acts, 0, fwd_tr)
+        phases["backward_start"] = (g0, 0, base_acts, lora_acts, max(loss_bwd, layer_tr), 0)
     else:
         inputs = L * c_res * M * s.hidden
         outside = head_saved + sa.mask
         one = max((per_layer[i] + frozen_copy[i] + lora_layer[i] for i in range(L)), default=0)
         one_lora = max((lora_layer[i] for i in range(L)), default=0)
         one_base = one - one_lora
-        phases["forward_end"] = (0, 0, inputs + outside, lora_outside, loss_fwd, 0)
-        phases["forward_layer"] = (0, 0, inputs + outside + one_base, lora_outside + one_lora, 0, fwd_tr)
-        phases["backward_start"] = (0, 0, inputs + outside, lora_outside, loss_bwd, 0)
-        last = (0, 0, inputs + outside + one_base, lora_outside + one_lora, 0, layer_tr)
+        phases["forward_end"] = (g0, 0, inputs + outside, lora_outside, loss_fwd, 0)
+        phases["forward_layer"] = (g0, 0, inputs + outside + one_base, lora_outside + one_lora, 0, fwd_tr)
+        phases["backward_start"] = (g0, 0, inputs + outside, lora_outside, loss_bwd, 0)
+        last = (g0, 0, inputs + outside + one_base, lora_outside + one_lora, 0, layer_tr)
         first_ = (grads, 0, c_res * M * s.hidden + outside + one_base, lora_outside + one_lora, 0, layer_tr)
         phases["recompute"] = max(last, first_, key=sum)
     phases["optimizer_step"] = (grads, opt_tmp, 0, 0, 0, 0)
@@ -287,12 +305,12 @@ def estimate_engine_memory(info: ModelInfo, adapters: Sequence[AdapterShape], *,
 
 def padding_allowance(device_total_bytes: int | None, cuda: bool) -> int:
     """Bytes the engine may spend on zero-padded ranks when a pack mixes ranks: its bucket planner
-    (engine/layers.py ``choose_overhead``) pads at most 5 % of the GPU's memory (16 MiB on a CPU) at
-    16 bytes per padded parameter (weight, gradient, two moments); with the optimizer temporary
-    that is 20 bytes, so 20/16 of that budget."""
+    (engine/trainer.py ``_overhead``, layers.py ``choose_overhead``) pads at most 5 % of the GPU's
+    memory (16 MiB on a CPU) at 16 bytes per padded parameter (weight, gradient, two moments; the
+    fused AdamW step adds no temporary), so that budget itself."""
     budget = 0.05 * device_total_bytes if cuda and device_total_bytes else float(16 << 20)
-    return int(math.ceil(budget * 20 / 16))
+    return int(math.ceil(budget))
 
 
-__all__ = ["AdapterShape", "EngineMemoryEstimate", "TERMS", "estimate_engine_memory", "loss_chunk",
+__all__ = ["AdapterShape", "EngineMemoryEstimate", "OPTIMIZERS", "TERMS", "estimate_engine_memory", "loss_chunk",
            "padding_allowance"]
