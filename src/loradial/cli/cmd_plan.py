@@ -89,6 +89,15 @@ def _render(result: Any) -> None:
                 b = row.memory_breakdown
                 mem.add_row(str(row.rank), *(f"{b.get(p, 0) / GiB:.2f}" for p in _MEMORY_PARTS), f"{row.peak_memory_bytes / GiB:.2f}")
             console.print(mem)
+    full = getattr(result, "full", None)
+    if full:
+        ft = Table(title="full fine-tuning (the reference: fp32 weights, gradients and AdamW states)", title_justify="left")
+        for col in ("variant", "trainable", "% of base", "peak GiB", "peak GiB, no checkpointing", "peak GiB, checkpointing"):
+            ft.add_column(col, justify="right")
+        ft.add_row("full", f"{full['trainable_params']:,}", f"{full['trainable_percent']:.0f}%",
+                   f"{full['peak_memory_bytes'] / GiB:.2f}", f"{full['peak_memory_bytes_no_checkpointing'] / GiB:.2f}",
+                   f"{full['peak_memory_bytes_checkpointing'] / GiB:.2f}")
+        console.print(ft)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
 
