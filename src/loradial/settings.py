@@ -114,9 +114,10 @@ class SweepConfigEntry(_Settings):
     """One config of the grid as sweep.yaml stores it (PEFT vocabulary + the sweep's own fields)."""
 
     name: str = Field(min_length=1)
-    r: int = Field(gt=0)
-    lora_alpha: float = Field(gt=0, allow_inf_nan=False)
-    variant: Literal["lora", "rslora", "dora"]
+    r: int = Field(ge=0)
+    """LoRA rank; 0 for the ``full`` variant (full fine-tuning, the reference)."""
+    lora_alpha: float = Field(ge=0, allow_inf_nan=False)
+    variant: Literal["lora", "rslora", "dora", "full"]
     use_rslora: bool
     use_dora: bool
     targets: str

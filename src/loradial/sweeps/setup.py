@@ -38,7 +38,7 @@ def _grid_values(grid: str | Path | None, **flags: Any) -> dict[str, Any]:
     for key, val in flags.items():
         if val is not None:
             values[key] = val
-    for key in ("ranks", "variants", "targets", "lrs", "seeds"):  # YAML may give comma strings
+    for key in ("ranks", "variants", "targets", "lrs", "seeds", "full_lrs"):  # YAML may give comma strings
         if isinstance(values.get(key), (str, int, float)):
             values[key] = [v.strip() for v in str(values[key]).split(",")] if key != "targets" else [values[key]]
     return values
@@ -63,6 +63,7 @@ def build_configs(values: dict[str, Any]) -> list:
         [float(x) for x in values.get("lrs", [DEFAULT.lr])],
         float(values.get("lr_rank_exponent") or 0.0),
         [int(s) for s in values.get("seeds", [0])],
+        [float(x) for x in values["full_lrs"]] if values.get("full_lrs") is not None else None,
     )
 
 
@@ -114,12 +115,14 @@ def adapter_configs(settings: SweepSettings, names: list[str]) -> list:
     return [AdapterConfig(n, config_spec(c, t.dropout), lr=c.learning_rate, seed=c.seed, schedule=t.schedule,
                           warmup_ratio=t.warmup_ratio, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
                           max_grad_norm=t.max_grad_norm)
-            for n in names for c in [settings.config(n)]]
+            for n in names for c in [settings.config(n)] if c.variant != "full"]  # full: sweeps/full_segment.py
 
 
 def _targeted(entry: SweepConfigEntry, info) -> list:
     from loradial.models.targets import matched_modules
 
+    if entry.variant == "full":  # every parameter, no LoRA module
+        return []
     spec = config_spec(entry)
     return [(m, spec.rank_for(m.name)) for m in matched_modules(spec, info)]
 
@@ -148,14 +151,14 @@ def _data(settings: SweepSettings, tokenizer) -> tuple[list, list]:
 def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, grid, steps, epochs,
             eval_data, eval_fraction, eval_every, halving, halving_at, gpu_memory, devices, pack_size,
             checkpoint_every, train: TrainSettings, ray=None, ray_workers=None,
-            tune=None, metric="eval_loss", max_new_tokens=MAX_NEW_TOKENS) -> tuple[SweepSettings, Context]:
+            tune=None, metric="eval_loss", max_new_tokens=MAX_NEW_TOKENS, full_lrs=None) -> tuple[SweepSettings, Context]:
     """Validate everything and return (the SweepSettings sweep.yaml will hold, in-memory context)."""
     from loradial.models.resolve import inspect_model
     from loradial.models.targets import resolve_targets
     from loradial.sweeps.halving import parse_fractions, rung_boundaries
 
     values = _grid_values(grid, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
-                          lr_rank_exponent=lr_rank_exponent, seeds=seeds)
+                          lr_rank_exponent=lr_rank_exponent, seeds=seeds, full_lrs=full_lrs)
     configs = build_configs(values)
     for name, v in (("--steps", steps), ("--eval-every", eval_every), ("--checkpoint-every", checkpoint_every)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
@@ -198,10 +201,11 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     resolved: dict[str, Any] = {}
     for cfg in configs:
         if cfg.targets not in resolved:
-            resolved[cfg.targets] = resolve_targets(cfg.targets, info)
+            resolved[cfg.targets] = "full" if cfg.variant == "full" else resolve_targets(cfg.targets, info)
         entry = _config_entry(cfg, resolved[cfg.targets], 0)
         targeted[cfg.name] = _targeted(entry, info)
-        entry.trainable_params = _trainable_params(targeted[cfg.name], cfg.use_dora)
+        entry.trainable_params = (int(info.total_params) if cfg.variant == "full"
+                                  else _trainable_params(targeted[cfg.name], cfg.use_dora))
         entries.append(entry)
     settings = validated(SweepSettings, dict(
         base, steps=n_steps, epochs=epochs, eval_every=eval_every, halving=bool(halving),
@@ -212,8 +216,10 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     adapter_configs(settings, settings.names)  # the engine's own checks, before anything is written
     settings.budget_bytes, costs = memory_costs(settings, info, targeted, train_ex, devices, gpu_memory)
     settings.costs = costs
+    from loradial.sweeps.full_segment import check_full_fits
     from loradial.sweeps.pack import ConfigCost, make_packs
 
+    check_full_fits(settings)
     make_packs([ConfigCost(**c.model_dump()) for c in settings.costs], settings.budget_bytes, pack_size)  # fit check
     return settings, Context(info, tokenizer, train_ex, ev, targeted, devices)
 
@@ -234,6 +240,12 @@ def memory_costs(settings: SweepSettings, info, targeted, train, devices, gpu_me
     quant = "4bit" if t.load_in_4bit else "none"
     costs = []
     for entry in settings.configs:
+        if entry.variant == "full":  # its own pack, one model copy: nothing per extra member
+            from loradial.sweeps.full_segment import full_cost
+
+            costs.append(ConfigCostEntry(**dataclasses.asdict(full_cost(entry.name, info, t, seq_len))))
+            continue
+
         def est(n, entry=entry):
             pairs, dora = targeted[entry.name], entry.use_dora
             total = estimate_training_memory(info, pairs, use_dora=dora, batch_size=t.batch_size,
