@@ -22,42 +22,17 @@ from typing import Any, Callable
 
 from loradial.errors import LoradialError
 from loradial.settings import SweepSettings
+from loradial.sweeps.full_pack import is_full
+from loradial.sweeps.segment import run_segment
 from loradial.sweeps.state import fault
 
 
-def is_full(settings: SweepSettings, name: str) -> bool:
-    return any(c.name == name and c.variant == "full" for c in settings.configs)
+def run_job(job: dict[str, Any], env, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run one segment job: a full config's with ``run_full_segment``, an adapter pack's with ``segment.run_segment``."""
+    if len(job["members"]) == 1 and is_full(env.settings, job["members"][0]):
+        return run_full_segment(job, env, on_step)
+    return run_segment(job, env, on_step)
 
-
-def pack_group(settings: SweepSettings) -> Callable[[str], str]:
-    """``make_packs``'s group key: each full config alone, every adapter config together."""
-    full = {c.name for c in settings.configs if c.variant == "full"}
-    return lambda name: name if name in full else ""
-
-
-def full_cost(name: str, info, train, seq_len: int):
-    """Packer cost of a full config: the whole estimate is its own (shared), nothing per extra member."""
-    from loradial.cost.memory import estimate_full_memory
-    from loradial.sweeps.pack import ConfigCost
-
-    dtype = "fp32" if train.dtype == "fp32" else "bf16"
-    est = estimate_full_memory(info, batch_size=train.batch_size, seq_len=seq_len, dtype=dtype,
-                               gradient_checkpointing=train.gradient_checkpointing)
-    return ConfigCost(name, int(est.total_bytes), 0)
-
-
-def check_full_fits(settings: SweepSettings) -> None:
-    """Refuse (exit 2) a full config the device budget cannot hold, naming what it needs."""
-    from loradial.sweeps.pack import fmt_bytes
-
-    budget = settings.budget_bytes
-    for c in settings.costs:
-        if budget is not None and is_full(settings, c.name) and c.shared + c.marginal > budget:
-            raise LoradialError(
-                f"full fine-tuning ({c.name}) needs about {fmt_bytes(c.shared + c.marginal)} (fp32 weights, gradients and "
-                f"AdamW states, activations), more than the {fmt_bytes(budget)} available",
-                "drop full from --variants, or turn on --gradient-checkpointing, lower --batch-size / --max-len, "
-                "or raise --gpu-memory")
 
 
 def _load_full_model(settings: SweepSettings, device: str):

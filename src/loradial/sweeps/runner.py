@@ -50,7 +50,7 @@ def eval_steps(start: int, end: int, every: int | None) -> list[int]:
 def _packs_for(settings: SweepSettings, alive: list[str], state: dict[str, Any]) -> list[list[str]]:
     """Packs of the configs alive at a rung: configs at the same step (the survivors, or refinements
     that join ``tune`` at step 0) are packed together, in config order."""
-    from loradial.sweeps.full_segment import pack_group
+    from loradial.sweeps.full_pack import pack_group
     from loradial.sweeps.pack import ConfigCost, make_packs
 
     costs = {c.name: ConfigCost(**c.model_dump()) for c in settings.costs}

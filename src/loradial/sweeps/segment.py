@@ -235,10 +235,6 @@ def run_segment(job: dict[str, Any], env: SegmentEnv, on_step: Callable[[int], N
 
     from loradial.adapters.format import save_adapter
     from loradial.engine.checkpoint import save_checkpoint
-    from loradial.sweeps.full_segment import is_full, run_full_segment
-
-    if len(job["members"]) == 1 and is_full(env.settings, job["members"][0]):
-        return run_full_segment(job, env, on_step)  # full fine-tuning: its own model copy
     if env.model is None:  # a full segment gave the base back
         env.model = base_model(env.settings, env.device)
     work = Path(job["work"])

@@ -216,7 +216,7 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     adapter_configs(settings, settings.names)  # the engine's own checks, before anything is written
     settings.budget_bytes, costs = memory_costs(settings, info, targeted, train_ex, devices, gpu_memory)
     settings.costs = costs
-    from loradial.sweeps.full_segment import check_full_fits
+    from loradial.sweeps.full_pack import check_full_fits
     from loradial.sweeps.pack import ConfigCost, make_packs
 
     check_full_fits(settings)
@@ -241,7 +241,7 @@ def memory_costs(settings: SweepSettings, info, targeted, train, devices, gpu_me
     costs = []
     for entry in settings.configs:
         if entry.variant == "full":  # its own pack, one model copy: nothing per extra member
-            from loradial.sweeps.full_segment import full_cost
+            from loradial.sweeps.full_pack import full_cost
 
             costs.append(ConfigCostEntry(**dataclasses.asdict(full_cost(entry.name, info, t, seq_len))))
             continue
