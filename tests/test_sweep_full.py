@@ -101,3 +101,19 @@ def test_kill_9_then_resume_with_a_full_config_matches(tmp_path):
     wa = load_file(str(out / "adapters" / "full-lr1e-3" / "model.safetensors"))
     wb = load_file(str(ref_out / "adapters" / "full-lr1e-3" / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_tune_with_the_full_variant(tmp_path):
+    """tune --variants lora,full: full FT trains beside the search to the full step count and is never the answer."""
+    demo = Path(loradial.__file__).parent / "assets"
+    lines = (demo / "demo-data" / "train.jsonl").read_text().splitlines()[:64]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    res = loradial.tune(str(demo / "demo-model"), str(tmp_path / "train.jsonl"), out=tmp_path / "t", rank=4, lr=2e-3,
+                        steps=8, batch_size=4, max_len=48, eval_fraction=0.25, targets="q_proj,v_proj",
+                        variants=["lora", "full"], full_lrs=[2e-4], rank_check=False)
+    full = [c for c in res.configs if c["variant"] == "full"]
+    assert [c["name"] for c in full] == ["full-lr2e-4"] and full[0]["steps"] == 8
+    assert res.best_config["name"] != "full-lr2e-4" and res.full_ft["config"] == "full-lr2e-4"
+    assert res.full_ft["base_eval_loss"] == pytest.approx(res.base_eval_loss, rel=1e-4)
+    assert all("full_ft_gain_fraction" in c for c in res.configs if c["variant"] != "full")
+    assert all(s["stage"] != "explore" or "full-lr2e-4" not in s["configs"] for s in res.stages)

@@ -64,6 +64,8 @@ def tune_cmd(
     devices: Optional[str] = typer.Option(None, "--devices", help="Devices, e.g. cuda:0,cuda:1 or cpu (default: all local GPUs, else cpu)."),
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GiB per device the packer may plan for."),
     no_rank_check: bool = typer.Option(False, "--no-rank-check", help="Skip the winner's truncation curve and smaller-rank check."),
+    variants: str = typer.Option("lora,rslora", "--variants", help="Scalings explored (lora, rslora, dora); add full for full fine-tuning as the reference."),
+    full_lrs: Optional[str] = typer.Option(None, "--full-lrs", help="Learning rates of the full variant (default: the explored ones / 10)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the tune in this directory (its settings are kept)."),
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
     as_json: opt.Json = False,
@@ -89,7 +91,9 @@ def tune_cmd(
                     grad_accum=grad_accum, dropout=dropout, packing=packing,
                     gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit, seed=seed,
                     eval_every=eval_every, metric=metric, max_new_tokens=max_new_tokens, devices=split_list(devices) or None, gpu_memory=gpu_memory,
-                    trust_remote_code=trust_remote_code, rank_check=not no_rank_check, progress=True)
+                    trust_remote_code=trust_remote_code, rank_check=not no_rank_check, progress=True,
+                    variants=split_list(variants, str, "variant"),
+                    full_lrs=split_list(full_lrs, float, "learning rate") if full_lrs is not None else None)
 
     where = resume or out
     run(call, as_json, render, interrupted_hint=f"continue it with `loradial tune --resume {where}` (finished work is kept)")
