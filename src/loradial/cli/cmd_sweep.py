@@ -47,6 +47,19 @@ def render(result) -> None:
     if fit:
         spread = "" if fit.get("spread") is None else f" +/- {fit['spread']:.2f}"
         console.print(f"measured LR-rank exponent: {fit['exponent']:.2f}{spread} (lr(r) = lr * (r/16)^-exponent)")
+    full = getattr(result, "full_ft", None)
+    if full and full.get("per_rank"):
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
+        ft = Table(title=f"vs full fine-tuning ({full['config']}: eval loss {_fmt(full['eval_loss'])}, "
+                         f"base {_fmt(full['base_eval_loss'])})")
+        for col in ("r", "best config", "eval", "of full FT's gain", "params vs full", "memory vs full", "time vs full"):
+            ft.add_column(col, justify="left" if col == "best config" else "right")
+        for p in full["per_rank"]:
+            ft.add_row(str(p["r"]), p["config"], _fmt(p["eval_loss"]), pct(p["full_ft_gain_fraction"]),
+                       pct(p["params_vs_full"]), pct(p["memory_vs_full"]), pct(p["time_vs_full"]))
+        console.print(ft)
+        within = full.get("smallest_rank_within_1pct")
+        console.print(f"smallest rank within 1% of full fine-tuning's eval loss: {within if within is not None else 'none'}")
     console.print(f"wall time {result.wall_seconds:.1f} s; results: {result.out}/results.json")
 
 
