@@ -93,7 +93,8 @@ def _model_dir(model: str | None) -> Path:
 
 def _config_entry(cfg, target_modules: Any, params: int) -> SweepConfigEntry:
     return validated(SweepConfigEntry, {
-        "name": cfg.name, "r": cfg.r, "lora_alpha": float(cfg.lora_alpha), "variant": cfg.variant,
+        "name": cfg.name, "r": None if cfg.variant == "full" else cfg.r,
+        "lora_alpha": None if cfg.variant == "full" else float(cfg.lora_alpha), "variant": cfg.variant,
         "use_rslora": cfg.use_rslora, "use_dora": cfg.use_dora, "targets": cfg.targets,
         "target_modules": target_modules, "learning_rate": float(cfg.learning_rate), "seed": cfg.seed,
         "trainable_params": params}, "grid")
