@@ -39,6 +39,8 @@ def check_full_fits(settings: SweepSettings) -> None:
     from loradial.sweeps.pack import fmt_bytes
 
     budget = settings.budget_bytes
+    if settings.train.load_in_4bit and any(c.variant == "full" for c in settings.configs):
+        raise LoradialError("full fine-tuning cannot train a 4-bit base", "drop full from --variants or --load-in-4bit")
     for c in settings.costs:
         if budget is not None and is_full(settings, c.name) and c.shared + c.marginal > budget:
             raise LoradialError(
