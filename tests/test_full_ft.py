@@ -98,3 +98,41 @@ def test_plan_full_params_equal_the_model(tie):
     assert full["peak_memory_bytes_checkpointing"] <= full["peak_memory_bytes_no_checkpointing"]
     assert full["peak_memory_bytes"] > res.rows[0].peak_memory_bytes
     assert not math.isnan(full["trainable_percent"])
+
+
+@pytest.mark.parametrize("model_type,attn,tol", [("llama", "sdpa", 0.03), ("llama", "eager", 0.03),
+                                                 ("qwen3", "sdpa", 0.06)])
+def test_full_saved_activations_match_autograd(model_type, attn, tol):
+    """The full-FT activation model against the tensors autograd really saves (fp32 weights, bf16 autocast, CPU)."""
+    import gc
+    import weakref
+
+    from loradial.cost.memory import full_saved_activations
+    from loradial.models.info import ModelInfo
+    from loradial.models.resolve import list_modules
+
+    cfg = dict(model_type=model_type, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=256, max_position_embeddings=128, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg),
+                                                          attn_implementation=attn).train()
+    info = ModelInfo("tiny", "local", dict(cfg), list_modules(model), sum(p.numel() for p in model.parameters()), False)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    refs = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            refs.append((weakref.ref(t), t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
+        return t
+
+    B, T = 2, 24
+    ids = torch.randint(0, 256, (B, T))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+    gc.collect()
+    oracle = sum({ptr: nb for w, ptr, nb in refs if w() is not None}.values())
+    del loss
+    layer, outside, _, _ = full_saved_activations(info, batch_size=B, seq_len=T, attn_implementation=attn)
+    est = sum(layer) + outside + 4 * B * T * 256 + 8 * B * T  # + the loss's fp32 log-probs and int64 targets
+    assert math.isclose(est, oracle, rel_tol=tol), (est, oracle)

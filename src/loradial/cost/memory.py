@@ -269,24 +269,14 @@ def estimate_full_memory(info: ModelInfo, *, batch_size: int = 1, seq_len: int =
     autocast = dtype != "fp32"
     c = 2 if autocast else 4
     N = full_param_count(info)
-    # every linear (but the head) and the input embedding as a rank-0 "adapter": inputs saved, nothing else
-    pseudo = [(m, 0) for m in info.modules if (m.kind in LINEAR_KINDS and not m.is_output_head) or m.kind == "embedding"]
-    if not pseudo:
-        raise LoradialError(f"{info.name} has no linear layer the memory model knows", "check the model's config")
-    # dtype='fp32' in saved_activations = an fp32 weight under autocast: it adds the c-byte weight copies
-    a = saved_activations(info, pseudo, batch_size=batch_size, seq_len=seq_len, dtype="fp32" if autocast else "bf16",
-                          attn_implementation=attn_implementation, c=c)
-    norm_out = 4 * M * s.hidden
-    norms = s.norms_per_layer * norm_out
-    head_in = c * M * s.hidden + norm_out
+    layer, outside, a, pseudo = full_saved_activations(info, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
+                                                       attn_implementation=attn_implementation)
     static = {"weights": 4 * N, "optimizer_states": 2 * ob * N}
     grads = 4 * N
     head_grad = 4 * s.vocab * s.hidden
     logits = logits_bytes(M, s.vocab)
     transient = backward_transient(s, [], batch_size, T, attn_implementation, "none", False, info, c)
     transient = max(transient, (4 + c) * M * max((m.d_in for m, _ in pseudo if m.kind != "embedding"), default=0))
-    layer = [a.layer(i) + norms for i in range(s.layers)]
-    outside = a.lora_outside + a.head_saved + head_in
     phases: dict[str, tuple[int, int, int, int]] = {}
     if not gradient_checkpointing:
         phases["backward_start"] = (head_grad, sum(layer) + outside, logits, max(0, transient - logits))
@@ -306,3 +296,31 @@ def estimate_full_memory(info: ModelInfo, *, batch_size: int = 1, seq_len: int =
     breakdown = {"weights": static["weights"], "gradients": g, "optimizer_states": static["optimizer_states"],
                  "activations": acts, "logits": lg, "overhead": WORKSPACE_BYTES + tr}
     return MemoryEstimate(totals[peak], breakdown, peak, totals)
+
+
+def full_saved_activations(info: ModelInfo, *, batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16",
+                           attn_implementation: str = "sdpa"):
+    """What the forward of a full fine-tuning step saves for backward (logits and loss excluded):
+    (bytes per layer, bytes outside the layers, the ``SavedActivations``, the rank-0 pseudo targets).
+
+    Every linear (but the head) and the input embedding count as a rank-0 LoRA module of ``saved_activations``
+    (each linear keeps its c-byte input for its weight gradient, the embedding its int64 ids); with autocast
+    (``dtype`` bf16/fp16 over fp32 weights) each linear also keeps a c-byte copy of its weight, as for an fp32
+    base; each norm keeps its fp32 normalized output for its weight gradient (4·M·h; q/k norms c·M·(q + kv));
+    the head its input. Checked against the tensors autograd saves on CPU (tests/test_full_ft.py)."""
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    autocast = dtype != "fp32"
+    c = 2 if autocast else 4
+    s = model_shape(info)
+    M = batch_size * seq_len
+    pseudo = [(m, 0) for m in info.modules if (m.kind in LINEAR_KINDS and not m.is_output_head) or m.kind == "embedding"]
+    if not pseudo:
+        raise LoradialError(f"{info.name} has no linear layer the memory model knows", "check the model's config")
+    # dtype='fp32' in saved_activations = an fp32 weight under autocast: it adds the c-byte weight copies
+    a = saved_activations(info, pseudo, batch_size=batch_size, seq_len=seq_len, dtype="fp32" if autocast else "bf16",
+                          attn_implementation=attn_implementation, c=c)
+    norm_out = 4 * M * s.hidden
+    qk = c * M * (s.heads + s.kv_heads) * s.head_dim if s.qk_norm else 0  # q/k norms: their c-byte normalized input
+    layer = [a.layer(i) + s.norms_per_layer * norm_out + qk for i in range(s.layers)]
+    outside = a.lora_outside + a.head_saved + c * M * s.hidden + norm_out
+    return layer, outside, a, pseudo
