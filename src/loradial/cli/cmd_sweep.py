@@ -78,7 +78,7 @@ def sweep_cmd(
     lr: Optional[str] = typer.Option(None, "--lr", help="Learning rate(s), e.g. 2e-4 or 1e-4,2e-4,4e-4."),
     lr_rank_exponent: Optional[float] = typer.Option(None, "--lr-rank-exponent", help="lr(r) = lr x (r/16)^-exponent (default 0)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, e.g. 0,1,2."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="YAML grid with keys ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds (flags override)."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="YAML grid with keys ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, full_lrs (flags override)."),
     steps: opt.Steps = None,
     epochs: opt.Epochs = None,
     batch_size: opt.BatchSize = DEFAULT.batch_size,
