@@ -129,6 +129,7 @@ def plan_cmd(
     quant: str = typer.Option("none", "--quant", help="Base quantization: none, 8bit or 4bit (bitsandbytes NF4)."),
     gradient_checkpointing: opt.GradientCheckpointing = DEFAULT.gradient_checkpointing,
     attn: str = typer.Option("sdpa", "--attn", help="Attention implementation: sdpa, eager or flash_attention_2."),
+    optim_dtype: str = typer.Option("fp32", "--optim-dtype", help="AdamW state dtype of the full fine-tuning row: fp32 or bf16."),
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
     as_json: opt.Json = False,
 ) -> None:
@@ -148,6 +149,7 @@ def plan_cmd(
                 dtype=dtype, quant=quant, gradient_checkpointing=gradient_checkpointing, attn_implementation=attn,
                 trust_remote_code=trust_remote_code, modules_to_save=modules_to_save,
                 trainable_token_indices=trainable_tokens, target_parameters=target_parameters, bias=bias,
+                full_optim_dtype=optim_dtype,
             )
         except LoradialError as err:  # the pattern checks name the bad entry; say what a good flag is
             if err.message.startswith(("rank_pattern", "alpha_pattern", "pattern key")):

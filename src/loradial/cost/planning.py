@@ -216,6 +216,7 @@ def plan(
     trainable_token_indices: str | Sequence[int] | dict[str, Sequence[int]] | None = None,
     target_parameters: str | Sequence[str] | None = None,
     bias: str = "none",
+    full_optim_dtype: str = "fp32",
 ) -> PlanResult:
     """Exact LoRA cost for every (target set x rank) on ``model``: one row each.
 
@@ -228,7 +229,8 @@ def plan(
     ``modules_to_save`` ('lm_head,embed_tokens'), ``trainable_token_indices`` ('0-9,42' for the input
     embedding, or a JSON object / dict {module: indices}), ``target_parameters`` ('mlp.experts.gate_up_proj')
     and ``bias`` ('none' / 'lora_only' / 'all') are PEFT's fields, counted as PEFT counts them; a target set
-    'none' is target_modules=[] (only target_parameters).
+    'none' is target_modules=[] (only target_parameters). ``full_optim_dtype``: AdamW's state dtype in the
+    full fine-tuning row (``full``; fp32 or bf16).
     """
     ranks = _check_ranks(ranks)
     target_sets = [targets] if isinstance(targets, str) else list(targets)
@@ -262,7 +264,8 @@ def plan(
         **extra,
     }
     full = full_row(info, batch_size=batch_size, seq_len=seq_len, dtype=mem_dtype,
-                    gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation)
+                    gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
+                    optim_dtype=full_optim_dtype)
     notes = _notes(info, rows) + (["the full fine-tuning row trains an unquantized fp32 copy: --quant does not apply to it"]
                                   if quant != "none" else [])
     return PlanResult(info.summary(), settings, rows, dict(FORMULAS), notes, full)
