@@ -136,3 +136,18 @@ def test_full_saved_activations_match_autograd(model_type, attn, tol):
     layer, outside, _, _ = full_saved_activations(info, batch_size=B, seq_len=T, attn_implementation=attn)
     est = sum(layer) + outside + 4 * B * T * 256 + 8 * B * T  # + the loss's fp32 log-probs and int64 targets
     assert math.isclose(est, oracle, rel_tol=tol), (est, oracle)
+
+
+def test_plan_json_has_the_full_row_beside_the_lora_rows():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "loradial", "plan", "--model", "qwen2.5-0.5b", "--rank", "8,64",
+                          "--targets", "all-linear", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert len(d["rows"]) == 2 and d["full"]["variant"] == "full"
+    assert d["full"]["trainable_params"] == d["model"]["total_params"] == 494_032_768
+    assert d["full"]["peak_memory_bytes"] > max(r["peak_memory_bytes"] for r in d["rows"])
+    assert {"peak_memory_bytes_no_checkpointing", "peak_memory_bytes_checkpointing"} <= set(d["full"])

@@ -1,9 +1,7 @@
 """The sweep's ``full`` variant: full fine-tuning trained as its own pack, the reference for the adapters.
 
-A full config is a pack of one (``pack_group``: it never shares a pack), costs
-``cost.memory.estimate_full_memory`` (fp32 weights, gradients, AdamW states; no per-member part), and is
-refused before anything is written when that does not fit the device budget (``check_full_fits``).
-Its segment (``run_full_segment``) gives back the shared frozen base (``segment.release``), loads its
+Packing, cost and the fit check are ``full_pack``'s; ``run_job`` sends each segment job to its trainer
+(``executor`` calls it). A full config's segment (``run_full_segment``) gives back the shared frozen base (``segment.release``), loads its
 own fp32 copy of the model, and trains it with ``engine.full.FullEngine`` on the same data order,
 steps, schedule and eval points as the adapters; at step 0 it evaluates the untouched model, which
 is the sweep's base eval loss. Like an adapter segment it checkpoints on the way
