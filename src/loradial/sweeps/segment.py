@@ -52,9 +52,10 @@ class SegmentEnv:
     @classmethod
     def shared(cls, settings: SweepSettings, ctx: Any, device: str) -> "SegmentEnv":
         """This sweep's env on ``device``; the base model is loaded once per process and kept until ``release``."""
+        model = base_model(settings, device)
         tok = ctx.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return cls(settings, base_model(settings, device), ctx.train, ctx.eval, pad, device)
+        return cls(settings, model, ctx.train, ctx.eval, pad, device)
 
 
 def base_model(settings: SweepSettings, device: str):

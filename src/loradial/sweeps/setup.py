@@ -241,7 +241,7 @@ def memory_costs(settings: SweepSettings, info, targeted, train, devices, gpu_me
     quant = "4bit" if t.load_in_4bit else "none"
     costs = []
     for entry in settings.configs:
-        if entry.variant == "full":  # its own pack, one model copy: nothing per extra member
+        if getattr(entry, "variant", None) == "full":  # its own pack, one model copy: nothing per extra member
             from loradial.sweeps.full_pack import full_cost
 
             costs.append(ConfigCostEntry(**dataclasses.asdict(full_cost(entry.name, info, t, seq_len))))
