@@ -35,6 +35,9 @@ loradial analyze runs/r8-merged --base src/loradial/assets/demo-model --json > r
 loradial resize runs/r8-merged --from-full --base src/loradial/assets/demo-model --rank 8 --out runs/r8-extracted
 loradial rescale runs/r8/adapters/default --to rslora --out runs/r8-rs
 loradial rescale runs/r8/adapters/default --scale 0.5 --fold --out runs/r8-half-b
+# docs/full-finetuning.md
+loradial plan --model qwen2.5-0.5b --rank 8,64 --targets all-linear --batch-size 2 --seq-len 512
+loradial sweep --model src/loradial/assets/demo-model --data src/loradial/assets/demo-data/train.jsonl --eval-data src/loradial/assets/demo-data/eval.jsonl --ranks 4,16 --variants lora,full --lr 2e-3 --steps 10 --max-len 64 --out runs/sweep-full
 # docs/report.md
 loradial report runs/demo --out runs/demo-report.html
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loradial.errors import LoradialError
 
@@ -117,9 +117,10 @@ class SweepConfigEntry(_Settings):
     """One config of the grid as sweep.yaml stores it (PEFT vocabulary + the sweep's own fields)."""
 
     name: str = Field(min_length=1)
-    r: int = Field(gt=0)
-    lora_alpha: float = Field(gt=0, allow_inf_nan=False)
-    variant: Literal["lora", "rslora", "dora"]
+    r: Optional[int] = Field(gt=0)
+    """LoRA rank; None for the ``full`` variant (full fine-tuning, the reference)."""
+    lora_alpha: Optional[float] = Field(gt=0, allow_inf_nan=False)
+    variant: Literal["lora", "rslora", "dora", "full"]
     use_rslora: bool
     use_dora: bool
     targets: str
@@ -127,6 +128,12 @@ class SweepConfigEntry(_Settings):
     learning_rate: float = Field(gt=0, allow_inf_nan=False)
     seed: int = 0
     trainable_params: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _rank_unless_full(self) -> "SweepConfigEntry":
+        if self.variant != "full" and (self.r is None or self.lora_alpha is None):
+            raise ValueError(f"a {self.variant} config needs r and lora_alpha")
+        return self
 
 
 class ConfigCostEntry(_Settings):

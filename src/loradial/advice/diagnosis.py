@@ -484,11 +484,15 @@ def diagnose(log: str | Path, config: str | Path | None = None, rules_file: str 
         nxt = _rules.ladder_for(flags[0], current, rules, ev, adapter_path)
         results.append(AdapterDiagnosis(name, flags[0], flags, said, ev, nxt))
 
-    def score(d: AdapterDiagnosis) -> tuple[int, float]:
+    def full_model(name: str) -> bool:  # a sweep's full fine-tuning reference: never the best *adapter*
+        d = run_dir / "adapters" / name
+        return (d / "config.json").is_file() and not (d / "adapter_config.json").is_file()
+
+    def score(d: AdapterDiagnosis) -> tuple[bool, int, float]:
         e = d.evidence
         if e.get("eval_min") is not None:
-            return (0, float(e["eval_min"]))
-        return (1, float(e.get("loss_end") if e.get("loss_end") is not None else math.inf))
+            return (full_model(d.adapter), 0, float(e["eval_min"]))
+        return (full_model(d.adapter), 1, float(e.get("loss_end") if e.get("loss_end") is not None else math.inf))
 
     best = results[0] if len(results) == 1 else min(results, key=score)
     return Diagnosis(

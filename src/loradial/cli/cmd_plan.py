@@ -89,6 +89,15 @@ def _render(result: Any) -> None:
                 b = row.memory_breakdown
                 mem.add_row(str(row.rank), *(f"{b.get(p, 0) / GiB:.2f}" for p in _MEMORY_PARTS), f"{row.peak_memory_bytes / GiB:.2f}")
             console.print(mem)
+    full = getattr(result, "full", None)
+    if full:
+        ft = Table(title="full fine-tuning (the reference: fp32 weights, gradients and AdamW states)", title_justify="left")
+        for col in ("variant", "trainable", "% of base", "peak GiB", "peak GiB, no checkpointing", "peak GiB, checkpointing"):
+            ft.add_column(col, justify="right")
+        ft.add_row("full", f"{full['trainable_params']:,}", f"{full['trainable_percent']:.0f}%",
+                   f"{full['peak_memory_bytes'] / GiB:.2f}", f"{full['peak_memory_bytes_no_checkpointing'] / GiB:.2f}",
+                   f"{full['peak_memory_bytes_checkpointing'] / GiB:.2f}")
+        console.print(ft)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
 
@@ -120,6 +129,7 @@ def plan_cmd(
     quant: str = typer.Option("none", "--quant", help="Base quantization: none, 8bit or 4bit (bitsandbytes NF4)."),
     gradient_checkpointing: opt.GradientCheckpointing = DEFAULT.gradient_checkpointing,
     attn: str = typer.Option("sdpa", "--attn", help="Attention implementation: sdpa, eager or flash_attention_2."),
+    optim_dtype: str = typer.Option("fp32", "--optim-dtype", help="AdamW state dtype of the full fine-tuning row: fp32 or bf16."),
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
     as_json: opt.Json = False,
 ) -> None:
@@ -139,6 +149,7 @@ def plan_cmd(
                 dtype=dtype, quant=quant, gradient_checkpointing=gradient_checkpointing, attn_implementation=attn,
                 trust_remote_code=trust_remote_code, modules_to_save=modules_to_save,
                 trainable_token_indices=trainable_tokens, target_parameters=target_parameters, bias=bias,
+                full_optim_dtype=optim_dtype,
             )
         except LoradialError as err:  # the pattern checks name the bad entry; say what a good flag is
             if err.message.startswith(("rank_pattern", "alpha_pattern", "pattern key")):

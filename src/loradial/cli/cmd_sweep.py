@@ -47,6 +47,19 @@ def render(result) -> None:
     if fit:
         spread = "" if fit.get("spread") is None else f" +/- {fit['spread']:.2f}"
         console.print(f"measured LR-rank exponent: {fit['exponent']:.2f}{spread} (lr(r) = lr * (r/16)^-exponent)")
+    full = getattr(result, "full_ft", None)
+    if full and full.get("per_rank"):
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
+        ft = Table(title=f"vs full fine-tuning ({full['config']}: eval loss {_fmt(full['eval_loss'])}, "
+                         f"base {_fmt(full['base_eval_loss'])})")
+        for col in ("r", "best config", "eval", "of full FT's gain", "params vs full", "memory vs full", "time vs full"):
+            ft.add_column(col, justify="left" if col == "best config" else "right")
+        for p in full["per_rank"]:
+            ft.add_row(str(p["r"]), p["config"], _fmt(p["eval_loss"]), pct(p["full_ft_gain_fraction"]),
+                       pct(p["params_vs_full"]), pct(p["memory_vs_full"]), pct(p["time_vs_full"]))
+        console.print(ft)
+        within = full.get("smallest_rank_within_1pct")
+        console.print(f"smallest rank within 1% of full fine-tuning's eval loss: {within if within is not None else 'none'}")
     console.print(f"wall time {result.wall_seconds:.1f} s; results: {result.out}/results.json")
 
 
@@ -59,12 +72,13 @@ def sweep_cmd(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the sweep in this directory (all settings come from its sweep.yaml)."),
     ranks: Optional[str] = typer.Option(None, "--ranks", help="Ranks, e.g. 4,8,16,32."),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="'ratio:0.5,1,2' (alpha = ratio x r) or fixed values '16,32'. Default: alpha = r."),
-    variants: Optional[str] = typer.Option(None, "--variants", help="lora,rslora,dora."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="lora,rslora,dora, and full (full fine-tuning as the reference)."),
+    full_lrs: Optional[str] = typer.Option(None, "--full-lrs", help="Learning rates of the full variant (default: each --lr / 10)."),
     targets: Optional[list[str]] = typer.Option(None, "--targets", help="A target set (repeatable): all-linear, attention, mlp, q_proj,v_proj or re:<regex>."),
     lr: Optional[str] = typer.Option(None, "--lr", help="Learning rate(s), e.g. 2e-4 or 1e-4,2e-4,4e-4."),
     lr_rank_exponent: Optional[float] = typer.Option(None, "--lr-rank-exponent", help="lr(r) = lr x (r/16)^-exponent (default 0)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, e.g. 0,1,2."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="YAML grid with keys ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds (flags override)."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="YAML grid with keys ranks, alphas, variants, targets, lrs, lr_rank_exponent, seeds, full_lrs (flags override)."),
     steps: opt.Steps = None,
     epochs: opt.Epochs = None,
     batch_size: opt.BatchSize = DEFAULT.batch_size,
@@ -122,6 +136,7 @@ def sweep_cmd(
             variants=split_list(variants, str, "variant") if variants is not None else None,
             targets=list(targets) if targets else None,
             lrs=split_list(lr, float, "learning rate") if lr is not None else None,
+            full_lrs=split_list(full_lrs, float, "learning rate") if full_lrs is not None else None,
             lr_rank_exponent=lr_rank_exponent,
             seeds=split_list(seeds, int, "seed") if seeds is not None else None,
             grid=grid, steps=steps, epochs=epochs, batch_size=batch_size, max_len=max_len,

@@ -65,6 +65,8 @@ def tune_cmd(
     gpu_memory: opt.GpuMemory = None,
     memory_fraction: opt.MemoryFraction = SweepSettings.model_fields["memory_fraction"].default,
     no_rank_check: bool = typer.Option(False, "--no-rank-check", help="Skip the winner's truncation curve and smaller-rank check."),
+    variants: str = typer.Option("lora,rslora", "--variants", help="Scalings explored (lora, rslora, dora); add full for full fine-tuning as the reference."),
+    full_lrs: Optional[str] = typer.Option(None, "--full-lrs", help="Learning rates of the full variant (default: the explored ones / 10)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the tune in this directory (its settings are kept)."),
     trust_remote_code: opt.TrustRemoteCode = DEFAULT.trust_remote_code,
     as_json: opt.Json = False,
@@ -91,7 +93,9 @@ def tune_cmd(
                     gradient_checkpointing=gradient_checkpointing, dtype=dtype, load_in_4bit=load_in_4bit, seed=seed,
                     eval_every=eval_every, metric=metric, max_new_tokens=max_new_tokens, devices=split_list(devices) or None, gpu_memory=gpu_memory,
                     memory_fraction=memory_fraction,
-                    trust_remote_code=trust_remote_code, rank_check=not no_rank_check, progress=True)
+                    trust_remote_code=trust_remote_code, rank_check=not no_rank_check, progress=True,
+                    variants=split_list(variants, str, "variant"),
+                    full_lrs=split_list(full_lrs, float, "learning rate") if full_lrs is not None else None)
 
     where = resume or out
     run(call, as_json, render, interrupted_hint=f"continue it with `loradial tune --resume {where}` (finished work is kept)")

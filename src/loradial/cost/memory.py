@@ -234,3 +234,93 @@ def estimate_training_memory(info: ModelInfo, targeted: list[tuple[ModuleInfo, i
                  "gradients": g, "optimizer_states": static["optimizer_states"],
                  "activations": acts, "logits": lg, "overhead": WORKSPACE_BYTES + tr}
     return MemoryEstimate(totals[peak], breakdown, peak, totals)
+
+
+# --- full fine-tuning (the reference beside the LoRA rows) -------------------------------------------
+def full_param_count(info: ModelInfo) -> int:
+    """Trainable parameters of full fine-tuning: every parameter of the model (tied weights once)."""
+    return int(info.total_params)
+
+
+def estimate_full_memory(info: ModelInfo, *, batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16",
+                         gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
+                         optim_dtype: str = "fp32") -> MemoryEstimate:
+    r"""Peak ``max_memory_allocated`` of one full fine-tuning step: the loop of the module docstring with
+    every parameter trainable, fp32 master weights and ``dtype`` the autocast compute dtype (bf16/fp16;
+    'fp32': no autocast). N = total parameters, M = B·T tokens.
+
+    Static: weights 4·N, AdamW states 2·N·bytes(optim_dtype) (exp_avg + exp_avg_sq), cuBLAS workspaces.
+    Saved for backward: every layer from its input on (the embedding needs a gradient), i.e. the LoRA
+    table of ``activations`` with each linear saving its c-byte input for its weight gradient (a LoRA
+    module of rank 0), autocast's c-byte copy of every linear weight (2·N_linear, as for an fp32 base), each
+    norm's fp32 normalized output for its weight gradient (4·M·h per norm), the head's input (c·M·h).
+    Peak moments: ``backward_start`` (all saved + 12·M·V of the loss + the head's fp32 gradient 4·V·h),
+    ``backward_end`` (every gradient 4·N + the first layer's saved set + the largest temporary),
+    ``recompute`` (checkpointing: layer inputs + one layer + the gradients of the layers above) and
+    ``optimizer_step`` (gradients 4·N + foreach AdamW's ``sqrt(exp_avg_sq)`` buffer, N·bytes(optim_dtype)).
+    """
+    check_memory_args(batch_size, seq_len, dtype, "none", attn_implementation)
+    dtype = DTYPE_ALIASES[dtype]
+    if optim_dtype not in DTYPE_ALIASES:
+        raise LoradialError(f"unknown optimizer dtype {optim_dtype!r}", f"use one of {', '.join(DTYPE_BYTES)}")
+    ob = DTYPE_BYTES[DTYPE_ALIASES[optim_dtype]]
+    s = model_shape(info)
+    T, M = seq_len, batch_size * seq_len
+    autocast = dtype != "fp32"
+    c = 2 if autocast else 4
+    N = full_param_count(info)
+    layer, outside, a, pseudo = full_saved_activations(info, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
+                                                       attn_implementation=attn_implementation)
+    static = {"weights": 4 * N, "optimizer_states": 2 * ob * N}
+    grads = 4 * N
+    head_grad = 4 * s.vocab * s.hidden
+    logits = logits_bytes(M, s.vocab)
+    transient = backward_transient(s, [], batch_size, T, attn_implementation, "none", False, info, c)
+    transient = max(transient, (4 + c) * M * max((m.d_in for m, _ in pseudo if m.kind != "embedding"), default=0))
+    phases: dict[str, tuple[int, int, int, int]] = {}
+    if not gradient_checkpointing:
+        phases["backward_start"] = (head_grad, sum(layer) + outside, logits, max(0, transient - logits))
+        phases["backward_end"] = (grads, (layer[0] if layer else 0) + a.lora_outside, 0, transient)
+    else:
+        c_res = 4  # fp32 weights: the residual stream is fp32
+        inputs = s.layers * c_res * M * s.hidden
+        phases["backward_start"] = (head_grad, inputs + outside, logits, 0)
+        one = max(layer, default=0)
+        phases["recompute"] = max((0, inputs + one + outside, 0, transient),
+                                  (grads, c_res * M * s.hidden + one + a.lora_outside, 0, transient), key=sum)
+    phases["optimizer_step"] = (grads, 0, 0, ob * N)
+    base = sum(static.values()) + WORKSPACE_BYTES
+    totals = {name: base + sum(v) for name, v in phases.items()}
+    peak = max(totals, key=totals.get)
+    g, acts, lg, tr = phases[peak]
+    breakdown = {"weights": static["weights"], "gradients": g, "optimizer_states": static["optimizer_states"],
+                 "activations": acts, "logits": lg, "overhead": WORKSPACE_BYTES + tr}
+    return MemoryEstimate(totals[peak], breakdown, peak, totals)
+
+
+def full_saved_activations(info: ModelInfo, *, batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16",
+                           attn_implementation: str = "sdpa"):
+    """What the forward of a full fine-tuning step saves for backward (logits and loss excluded):
+    (bytes per layer, bytes outside the layers, the ``SavedActivations``, the rank-0 pseudo targets).
+
+    Every linear (but the head) and the input embedding count as a rank-0 LoRA module of ``saved_activations``
+    (each linear keeps its c-byte input for its weight gradient, the embedding its int64 ids); with autocast
+    (``dtype`` bf16/fp16 over fp32 weights) each linear also keeps a c-byte copy of its weight, as for an fp32
+    base; each norm keeps its fp32 normalized output for its weight gradient (4·M·h; q/k norms c·M·(q + kv));
+    the head its input. Checked against the tensors autograd saves on CPU (tests/test_full_ft.py)."""
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    autocast = dtype != "fp32"
+    c = 2 if autocast else 4
+    s = model_shape(info)
+    M = batch_size * seq_len
+    pseudo = [(m, 0) for m in info.modules if (m.kind in LINEAR_KINDS and not m.is_output_head) or m.kind == "embedding"]
+    if not pseudo:
+        raise LoradialError(f"{info.name} has no linear layer the memory model knows", "check the model's config")
+    # dtype='fp32' in saved_activations = an fp32 weight under autocast: it adds the c-byte weight copies
+    a = saved_activations(info, pseudo, batch_size=batch_size, seq_len=seq_len, dtype="fp32" if autocast else "bf16",
+                          attn_implementation=attn_implementation, c=c)
+    norm_out = 4 * M * s.hidden
+    qk = c * M * (s.heads + s.kv_heads) * s.head_dim if s.qk_norm else 0  # q/k norms: their c-byte normalized input
+    layer = [a.layer(i) + s.norms_per_layer * norm_out + qk for i in range(s.layers)]
+    outside = a.lora_outside + a.head_saved + c * M * s.hidden + norm_out
+    return layer, outside, a, pseudo

@@ -15,7 +15,7 @@ import math
 from typing import Any, Sequence
 
 from loradial.cost import params as cost
-from loradial.cost.memory import check_memory_args, estimate_training_memory
+from loradial.cost.memory import check_memory_args, estimate_full_memory, estimate_training_memory, full_param_count
 from loradial.errors import LoradialError
 from loradial.models.info import ModelInfo
 from loradial.models.resolve import inspect_model
@@ -36,6 +36,8 @@ FORMULAS = {
     "0 per token for ParamWrapper experts; 0 once merged; training adds ~2x this in the backward pass",
     "weight_side_flops_per_step": "per forward pass: 2*E*r*d_in*d_out per ParamWrapper (delta of the expert weights), "
     "2*r*d_in*d_out per DoRA module (weight norm)",
+    "full_peak_memory_bytes": "full fine-tuning: fp32 weights 4N + gradients 4N + AdamW states 8N + activations "
+    "(every layer from its input, each linear's input, autocast weight copies) + loss (cost.memory.estimate_full_memory)",
     "auxiliary_params": "also trainable (included in trainable_params): every parameter of each modules_to_save copy; "
     "len(indices)*width per trainable_token_indices layer (a tied head shares the embedding's); the base biases "
     "of bias='lora_only' (wrapped layers) or 'all' (every *bias* parameter)",
@@ -76,6 +78,10 @@ class PlanResult(Result):
     rows: list[PlanRow]
     formulas: dict[str, str]
     notes: list[str]
+    full: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Full fine-tuning as the reference: {"variant": "full", "trainable_params", "peak_memory_bytes" (at the
+    plan's checkpointing setting), "peak_memory_bytes_no_checkpointing", "peak_memory_bytes_checkpointing",
+    "memory_breakdown", ...} (``cost.memory.estimate_full_memory``: fp32 weights, gradients and AdamW states)."""
 
 
 # --- argument parsing shared by the CLI and API callers ------------------------------------------------
@@ -210,6 +216,7 @@ def plan(
     trainable_token_indices: str | Sequence[int] | dict[str, Sequence[int]] | None = None,
     target_parameters: str | Sequence[str] | None = None,
     bias: str = "none",
+    full_optim_dtype: str = "fp32",
 ) -> PlanResult:
     """Exact LoRA cost for every (target set x rank) on ``model``: one row each.
 
@@ -222,7 +229,8 @@ def plan(
     ``modules_to_save`` ('lm_head,embed_tokens'), ``trainable_token_indices`` ('0-9,42' for the input
     embedding, or a JSON object / dict {module: indices}), ``target_parameters`` ('mlp.experts.gate_up_proj')
     and ``bias`` ('none' / 'lora_only' / 'all') are PEFT's fields, counted as PEFT counts them; a target set
-    'none' is target_modules=[] (only target_parameters).
+    'none' is target_modules=[] (only target_parameters). ``full_optim_dtype``: AdamW's state dtype in the
+    full fine-tuning row (``full``; fp32 or bf16).
     """
     ranks = _check_ranks(ranks)
     target_sets = [targets] if isinstance(targets, str) else list(targets)
@@ -255,7 +263,29 @@ def plan(
         "gradient_checkpointing": gradient_checkpointing, "attn_implementation": attn_implementation,
         **extra,
     }
-    return PlanResult(info.summary(), settings, rows, dict(FORMULAS), _notes(info, rows))
+    full = full_row(info, batch_size=batch_size, seq_len=seq_len, dtype=mem_dtype,
+                    gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
+                    optim_dtype=full_optim_dtype)
+    notes = _notes(info, rows) + (["the full fine-tuning row trains an unquantized fp32 copy: --quant does not apply to it"]
+                                  if quant != "none" else [])
+    return PlanResult(info.summary(), settings, rows, dict(FORMULAS), notes, full)
+
+
+def full_row(info: ModelInfo, *, batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16",
+             gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", optim_dtype: str = "fp32") -> dict[str, Any]:
+    """Plan's full fine-tuning row: every parameter trainable, its peak memory with and without checkpointing."""
+    kw = dict(batch_size=batch_size, seq_len=seq_len, dtype=dtype, attn_implementation=attn_implementation,
+              optim_dtype=optim_dtype)
+    est = {ck: estimate_full_memory(info, gradient_checkpointing=ck, **kw) for ck in (False, True)}
+    n = full_param_count(info)
+    chosen = est[bool(gradient_checkpointing)]
+    return {"variant": "full", "trainable_params": n,
+            "trainable_percent": 100.0 if info.total_params else float("nan"),
+            "peak_memory_bytes": int(chosen.total_bytes),
+            "peak_memory_bytes_no_checkpointing": int(est[False].total_bytes),
+            "peak_memory_bytes_checkpointing": int(est[True].total_bytes),
+            "memory_breakdown": {k: int(v) for k, v in chosen.breakdown.items()}, "peak_phase": chosen.peak_phase,
+            "model_file_bytes": 4 * n, "optimizer_dtype": optim_dtype}
 
 
 def make_spec(

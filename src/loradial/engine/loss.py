@@ -90,6 +90,25 @@ class OutputHead:
         return _LinearCrossEntropy.apply(h, w.detach(), None if b is None else b.detach(), targets, self.chunk,
                                          self.scale, self.softcap, torch.is_grad_enabled() and h.requires_grad)
 
+    def trainable_token_losses(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token losses (N,) in fp32 with gradients to h *and* the head's weight and bias (full
+        fine-tuning): the same chunks, each recomputed in backward (``torch.utils.checkpoint``), so the
+        fp32 logits of one chunk at most are alive and the head weight gets its exact gradient."""
+        from torch.utils.checkpoint import checkpoint
+
+        w, b = self.module.weight, getattr(self.module, "bias", None)
+
+        def chunk_loss(hc, tc, w, b):
+            z = torch.nn.functional.linear(hc, w, b).float()
+            if self.scale != 1.0:
+                z = z * self.scale
+            if self.softcap:
+                z = torch.tanh(z / self.softcap) * self.softcap
+            return torch.nn.functional.cross_entropy(z, tc, reduction="none")
+
+        return torch.cat([checkpoint(chunk_loss, h[s:s + self.chunk], targets[s:s + self.chunk], w, b, use_reentrant=False)
+                          for s in range(0, h.shape[0], self.chunk)]) if h.shape[0] else h.new_zeros(0, dtype=torch.float32)
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits as the model computes them (used to check the head once at start-up)."""
         z = (h.to(self.module.weight.dtype) @ self.module.weight.t())

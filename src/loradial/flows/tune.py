@@ -70,6 +70,8 @@ class TuneResult(Result):
     """One line per reason this config won."""
     wall_seconds: float
     resumed: bool = False
+    full_ft: dict[str, Any] | None = None
+    """With the ``full`` variant: the adapters against full fine-tuning (``sweeps.results.full_ft_comparison``)."""
 
 
 # --- the plan ---------------------------------------------------------------------------------------
@@ -173,6 +175,8 @@ def tune(
     memory_fraction: float = SweepSettings.model_fields["memory_fraction"].default,
     trust_remote_code: bool = DEFAULT.trust_remote_code,
     rank_check: bool = True,
+    variants: Sequence[str] = ("lora", "rslora"),
+    full_lrs: Sequence[float] | None = None,
     resume: bool = False,
     progress: bool = False,
 ) -> TuneResult:
@@ -182,7 +186,10 @@ def tune(
     budget does). ``time`` (seconds of wall clock) stands in for ``budget``: a short calibration run of
     the exploration grid measures adapter-steps per second (model load and eval included, so it errs
     low), and the budget is that rate × the time left × ``TIME_SAFETY``. ``resume=True`` continues the
-    tune in ``out`` (every other argument is ignored)."""
+    tune in ``out`` (every other argument is ignored). ``variants`` are the scalings explored (lora, rslora,
+    dora); adding ``full`` trains full fine-tuning beside the search as the reference (one config per
+    learning rate of ``full_lrs``, default: the explored learning rates / 10; to the full step count, outside the
+    adapter-step budget), and the result compares every adapter with it (``full_ft``)."""
     from loradial.sweeps.state import claim_new_dir
 
     t0 = _time.time()
@@ -198,7 +205,7 @@ def tune(
                     metric=metric, max_new_tokens=max_new_tokens)
     with claim_new_dir(out, "tune") as td:  # locked from here: a concurrent tune into `out` exits 2
         plan = _plan(out, str(model), data, eval_data, eval_fraction, task, targets, rank, lr, budget, steps, time,
-                     rank_check, devices, sweep_kw, t0, say)
+                     rank_check, devices, sweep_kw, t0, say, variants, full_lrs)
         atomic_write_json(out / PLAN_FILE, plan)
     try:
         res = _search(out, plan, resume=False, devices=devices, progress=progress)
@@ -248,7 +255,8 @@ def _resume(out: Path, devices, progress: bool, t0: float, say) -> TuneResult:
 
 
 def _plan(out: Path, model: str, data: str, eval_data, eval_fraction: float, task: str, targets: str, rank, lr,
-          budget, steps, time, rank_check: bool, devices, sweep_kw: dict[str, Any], t0: float, say) -> dict[str, Any]:
+          budget, steps, time, rank_check: bool, devices, sweep_kw: dict[str, Any], t0: float, say,
+          variants: Sequence[str] = ("lora", "rslora"), full_lrs: Sequence[float] | None = None) -> dict[str, Any]:
     """Everything the search needs, decided before it starts: the start, the grid, the data split, the base
     model's eval loss, the step count (from the budget, or from the time by calibration). Files it made
     are removed again if it fails."""
@@ -256,7 +264,11 @@ def _plan(out: Path, model: str, data: str, eval_data, eval_fraction: float, tas
 
     start = _start(model, data, task, rank, lr, sweep_kw["max_len"])
     ranks, lrs = explore_grid(start["r"], start["learning_rate"])
-    n_explore = len(ranks) * len(lrs) * 2
+    full = "full" in variants
+    variants = [v for v in variants if v != "full"]
+    if not variants:
+        raise LoradialError("tune needs an adapter variant besides full", "use e.g. --variants lora,rslora,full")
+    n_explore = len(ranks) * len(lrs) * len(variants)
     n_steps = plan_steps(n_explore, budget, steps, TunePolicy()) if time is None else None
     calibration = None
     try:
@@ -281,7 +293,7 @@ def _plan(out: Path, model: str, data: str, eval_data, eval_fraction: float, tas
         f"(ranks {ranks} x lr {lrs} x lora/rslora) to step {bounds[0]}, refine to {bounds[1]}, "
         f"continue the best {policy.finalists} to {n_steps}: at most {planned:,} adapter-steps")
     return {"model": model, "train": train_file, "eval": eval_file, "start": start, "ranks": ranks, "lrs": lrs,
-            "variants": ["lora", "rslora"], "targets": targets, "steps": n_steps, "boundaries": bounds,
+            "variants": list(variants), "full": full, "full_lrs": list(full_lrs) if full_lrs else None, "targets": targets, "steps": n_steps, "boundaries": bounds,
             "budget": budget if budget is not None else planned, "planned_adapter_steps": planned,
             "policy": policy.model_dump(), "rank_check": rank_check, "max_len": sweep_kw["max_len"],
             "eval_batch_size": 2 * sweep_kw["batch_size"], "trust_remote_code": sweep_kw["trust_remote_code"],
@@ -296,7 +308,8 @@ def _search(out: Path, plan: dict[str, Any], *, resume: bool, devices, progress:
         return sweep(out=out / "search", resume=True, devices=devices, progress=progress)
     bounds, n_steps = plan["boundaries"], plan["steps"]
     return sweep(plan["model"], plan["train"], out=out / "search", ranks=plan["ranks"], alphas="ratio:1",
-                 variants=plan["variants"], targets=[plan["targets"]], lrs=plan["lrs"], steps=n_steps,
+                 variants=plan["variants"] + (["full"] if plan.get("full") else []), full_lrs=plan.get("full_lrs"),
+                 targets=[plan["targets"]], lrs=plan["lrs"], steps=n_steps,
                  eval_data=plan["eval"], eval_fraction=0.0, halving=True, halving_at=[b / n_steps for b in bounds[:-1]],
                  devices=devices, tune=TunePolicy(**plan["policy"]), progress=progress, **plan["sweep"])
 
@@ -361,7 +374,7 @@ def _start(model: str, data: str, task: str, rank: int | None, lr: float | None,
 def _finish(out: Path, plan: dict[str, Any], res, t0: float, *, resumed: bool, rank_check: bool, say) -> TuneResult:
     from loradial.advice.export import FORMATS, export_sweep
 
-    configs = res.configs
+    configs = [c for c in res.configs if c.get("variant") != "full"]  # the full variant is the reference
     by_name = {c["name"]: c for c in configs}
     if res.best is None:
         raise LoradialError("no config reached a finite eval loss: every one diverged",
@@ -392,9 +405,9 @@ def _finish(out: Path, plan: dict[str, Any], res, t0: float, *, resumed: bool, r
                                               "learning_rate", "trainable_params", "steps", "exact_match")},
         best_eval_loss=best.get("best_eval_loss"), base_eval_loss=base, adapter_steps_used=used,
         adapter_steps_budget=int(plan["budget"]), adapter_steps_grid=grid, steps=int(plan["steps"]),
-        start=plan["start"], stages=stages, decisions=decisions, configs=configs, rank_check=check,
+        start=plan["start"], stages=stages, decisions=decisions, configs=res.configs, rank_check=check,
         exports=exports, report=None, why=_why(best, configs, decisions, check),
-        wall_seconds=round(_time.time() - t0, 2), resumed=resumed,
+        wall_seconds=round(_time.time() - t0, 2), resumed=resumed, full_ft=getattr(res, "full_ft", None),
     )
     atomic_write_json(out / "tune.json", result.to_dict())
     try:

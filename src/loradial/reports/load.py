@@ -70,6 +70,8 @@ class SweepData:
     lr_fit: dict[str, Any] | None
     base_eval_loss: float | None
     files: list[str] = field(default_factory=list)
+    full_ft: dict[str, Any] | None = None  # results.json's full_ft (the adapters against full fine-tuning)
+    full_configs: list[dict[str, Any]] = field(default_factory=list)  # the full variant's entries, kept out of the plots
 
 
 def _variant(e: dict) -> str:
@@ -203,8 +205,15 @@ def load_sweep(root: Path, notes: list[str]) -> SweepData | None:
         notes.append("Sweep: results.json and metrics.jsonl hold no configs; section skipped.")
         return None
     base = num(first(raw, "base_eval_loss")) if isinstance(raw, dict) else None
+    full_ft = raw.get("full_ft") if isinstance(raw, dict) and isinstance(raw.get("full_ft"), dict) else None
+    full = [c for c in configs if c["variant"] == "full"]
+    configs = [c for c in configs if c["variant"] != "full"]
+    for c in full:  # full fine-tuning has no rank: the plots and the results table are the adapters'
+        curves.pop(c["name"], None)
+    if base is None and full_ft is not None:
+        base = num(full_ft.get("base_eval_loss"))
     return SweepData(sdir, settings, configs, str(best) if best is not None else None, curves,
-                     fit if isinstance(fit, dict) else None, base, files)
+                     fit if isinstance(fit, dict) else None, base, files, full_ft, full)
 
 
 # ---------------------------------------------------------------- analysis

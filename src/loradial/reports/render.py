@@ -133,7 +133,28 @@ def sweep_section(sw: SweepData) -> dict[str, Any]:
         "loss_figures": loss, "figures": single,
         "table": {"head": [c[0] for c in cols], "num": [c[1] in numeric for c in cols], "rows": rows} if rows else None,
         "settings": settings, "rank_legend": rank_legend if loss else [], "n_configs": max(len(sw.configs), n_curves),
+        "full_ft": full_ft_table(sw),
     }
+
+
+def full_ft_table(sw: SweepData) -> dict[str, Any] | None:
+    """Per rank, the best adapter against full fine-tuning (results.json's ``full_ft``): the fraction of
+    full FT's eval-loss gain it reaches, and its parameters, measured peak memory and time relative to full FT."""
+    f = sw.full_ft
+    if not f or not f.get("per_rank"):
+        return None
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f} %"
+    rows = [[str(p["r"]), p["config"], fmt_loss(p["eval_loss"]) if p.get("eval_loss") is not None else "–",
+             pct(p.get("full_ft_gain_fraction")), fmt_params(p.get("trainable_params")), pct(p.get("params_vs_full")),
+             pct(p.get("memory_vs_full")), pct(p.get("time_vs_full"))] for p in f["per_rank"]]
+    within = f.get("smallest_rank_within_1pct")
+    base, loss = f.get("base_eval_loss"), f.get("eval_loss")
+    summary = (f"full fine-tuning ({f['config']}): eval loss {fmt_loss(loss) if loss is not None else '–'}, base "
+               f"{fmt_loss(base) if base is not None else '–'}; "
+               + (f"the smallest rank within 1 % of its loss: r = {within}." if within is not None
+                  else "no rank came within 1 % of its loss."))
+    return {"head": ["r", "best config", "eval loss", "of full FT's gain", "trainable", "params vs full",
+                     "peak memory vs full", "time vs full"], "rows": rows, "summary": summary}
 
 
 def _gap(c: dict[str, Any]) -> float | None:

@@ -67,6 +67,7 @@ def sweep(
     tune: TunePolicy | None = None,
     metric: str = "eval_loss",
     max_new_tokens: int = MAX_NEW_TOKENS,
+    full_lrs: Sequence[float] | None = None,
     resume: bool = False,
     progress: bool = False,
 ) -> SweepResult:
@@ -87,6 +88,11 @@ def sweep(
     ``metric='exact_match'`` picks the best config by greedy exact match of the eval completions
     (``max_new_tokens`` at most; needs ``eval_data`` with prompt/completion or chat records), reported
     beside eval loss for every config trained to the end.
+
+    ``variants`` may hold ``full``: full fine-tuning as the reference, one config per learning rate of
+    ``full_lrs`` (default: each of ``lrs`` / 10), each its own pack with its own model copy (refused when it
+    does not fit); results.json then compares every adapter with it (``full_ft``, ``full_ft_gain_fraction``),
+    and its ``adapters/<name>/`` is a Hugging Face model directory.
 
     ``tune`` replaces plain halving by ``tune``'s rung-end policy (``sweeps/tuning.py``; ``loradial tune``
     passes it).
@@ -116,7 +122,7 @@ def sweep(
                 eval_data=eval_data, eval_fraction=eval_fraction, eval_every=eval_every, halving=halving,
                 halving_at=halving_at, gpu_memory=gpu_memory, memory_fraction=memory_fraction, devices=devices, pack_size=pack_size,
                 checkpoint_every=checkpoint_every, train=train, ray=ray, ray_workers=ray_workers, tune=tune,
-                metric=metric, max_new_tokens=max_new_tokens,
+                metric=metric, max_new_tokens=max_new_tokens, full_lrs=full_lrs,
             )
             create_sweep_dir(sd, settings.to_yaml(), sweep_runner.initial_state(settings))
     from loradial.sweeps.segment import release

@@ -46,7 +46,8 @@ def execute(jobs: list[dict[str, Any]], settings: SweepSettings, ctx: Any,
 
 
 def _execute_local(jobs, settings, ctx, on_done, progress, n_rungs) -> None:
-    from loradial.sweeps.segment import SegmentEnv, run_segment
+    from loradial.sweeps.full_segment import run_job as run_segment  # full configs: their own trainer
+    from loradial.sweeps.segment import SegmentEnv
 
     env = SegmentEnv.shared(settings, ctx, ctx.devices[0])
     with _progress(progress) as bars:
@@ -80,7 +81,8 @@ def serve(device: str, settings: SweepSettings, devices: list[str], jobs_q, resu
     """A worker: load the context and the base on ``device``, then run segments from ``jobs_q`` until a
     None, reporting ("step", id, step), ("done", id, outcome) or ("error", device, message) on ``results_q``."""
     try:
-        from loradial.sweeps.segment import SegmentEnv, run_segment
+        from loradial.sweeps.full_segment import run_job as run_segment  # full configs: their own trainer
+        from loradial.sweeps.segment import SegmentEnv
         from loradial.sweeps.setup import load_context
 
         ctx = load_context(settings, devices)

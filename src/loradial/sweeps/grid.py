@@ -22,6 +22,10 @@ from loradial.errors import LoradialError
 from loradial.settings import DEFAULT
 
 VARIANTS = ("lora", "rslora", "dora")
+#: Full fine-tuning, the reference beside the adapters: one config per learning rate of its own grid
+#: (``full_lrs``, default: the LoRA grid / 10, LoRA Without Regret's ratio), trained alone (one model copy).
+FULL = "full"
+FULL_LR_FACTOR = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,10 @@ class SweepConfig:
     @property
     def use_dora(self) -> bool:
         return self.variant == "dora"
+
+    @property
+    def full(self) -> bool:
+        return self.variant == FULL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +117,26 @@ def build_grid(
     lrs: Sequence[float] = (DEFAULT.lr,),
     lr_rank_exponent: float = 0.0,
     seeds: Sequence[int] = (0,),
+    full_lrs: Sequence[float] | None = None,
 ) -> list[SweepConfig]:
-    """The cross product, validated. Duplicate points (e.g. equal alphas) appear once."""
+    """The cross product, validated. Duplicate points (e.g. equal alphas) appear once.
+
+    The variant 'full' is not crossed with ranks, alphas and targets: it adds one full fine-tuning config
+    per learning rate of ``full_lrs`` (default: each LoRA learning rate x 0.1), named ``full-lr<lr>``."""
     if not ranks:
         raise LoradialError("empty grid: no ranks", "use e.g. --ranks 4,8,16,32")
     for r in ranks:
         if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
             raise LoradialError(f"ranks must be positive integers, got {r!r}", "use e.g. --ranks 4,8,16,32")
     rule = alphas if isinstance(alphas, AlphaRule) else parse_alphas(alphas)
+    full = FULL in variants
+    variants = [v for v in variants if v != FULL]
     for v in variants:
         if v not in VARIANTS:
-            raise LoradialError(f"unknown variant {v!r}", f"choose from {', '.join(VARIANTS)}")
-    if not variants or not targets or not lrs or not seeds:
+            raise LoradialError(f"unknown variant {v!r}", f"choose from {', '.join((*VARIANTS, FULL))}")
+    if full_lrs is not None and not full:
+        raise LoradialError("--full-lrs without the full variant", "add full to --variants, e.g. --variants lora,full")
+    if not (variants or full) or not targets or not lrs or not seeds:
         raise LoradialError("empty grid: a list of variants, targets, learning rates or seeds is empty")
     lrs = [_positive(lr, "learning rate") for lr in lrs]
     name_targets = len(set(targets)) > 1
@@ -137,10 +153,16 @@ def build_grid(
                                     f"and {tgt!r}" if other.targets != tgt else
                                     f"two configs of the grid would share the name {name!r}",
                                     "make the target sets differ in their letters and digits, or sweep them separately")
+    if full:
+        flrs = [_positive(lr, "full fine-tuning learning rate") for lr in full_lrs] if full_lrs else \
+            [float(f"{lr * FULL_LR_FACTOR:.3g}") for lr in lrs]
+        for lr in dict.fromkeys(flrs):
+            name = f"{FULL}-lr{format_number(lr)}"
+            out[name] = SweepConfig(name, 0, 0.0, FULL, FULL, lr, seeds[0])
     return list(out.values())
 
 
-GRID_KEYS = {"ranks", "alphas", "variants", "targets", "lrs", "lr_rank_exponent", "seeds"}
+GRID_KEYS = {"ranks", "alphas", "variants", "targets", "lrs", "lr_rank_exponent", "seeds", "full_lrs"}
 
 
 def load_grid_yaml(path: str | Path) -> dict[str, Any]:

@@ -43,6 +43,8 @@ class SweepResult(Result):
     resumed: bool = False
     decisions: list[dict[str, Any]] | None = None
     """``tune``'s rung-end decisions (kept / stopped / added, with the numbers); None for a plain sweep."""
+    full_ft: dict[str, Any] | None = None
+    """With the ``full`` variant: the adapters against full fine-tuning (``full_ft_comparison``); else None."""
 
 
 
@@ -190,3 +192,63 @@ def lr_rank_fit(results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     if sum(1 for n in per_rank.values() if n >= 2) < 2:
         return None
     return fit_lr_rank_exponent([(r, lr, loss) for (r, lr), loss in sorted(best.items())])
+
+
+#: An adapter "matches" full fine-tuning when its eval loss is within this fraction of full FT's.
+FULL_FT_TOLERANCE = 0.01
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    return a / b if _finite(a) and _finite(b) and b > 0 else None
+
+
+def full_ft_comparison(configs: list[dict[str, Any]], by_name: Mapping[str, Mapping[str, list]],
+                       base_eval_loss: float | None = None) -> dict[str, Any] | None:
+    """The adapters against full fine-tuning (the sweep's ``full`` configs; None when there are none).
+
+    gain = base eval loss − eval loss (best eval losses); an adapter's ``full_ft_gain_fraction`` =
+    its gain / full FT's gain (1: as good as full FT; None when full FT gained nothing or a loss is
+    missing), set on every adapter config. The base eval loss is ``base_eval_loss`` (``tune`` measures it)
+    or the full config's eval at step 0 (the untouched model). Per rank, the best config of that rank with
+    its gain fraction and its trainable parameters, measured peak memory and training seconds relative to
+    full FT (memory and time are those of the adapter's pack, which it shared with its pack mates);
+    ``smallest_rank_within_1pct``: the smallest rank whose eval loss is within 1 % of full FT's, or None.
+    Full FT's reference is its best learning rate (lowest best eval loss)."""
+    fulls = [c for c in configs if c.get("variant") == "full"]
+    if not fulls:
+        return None
+    scored = [c for c in fulls if _finite(c.get("best_eval_loss"))]
+    ref = min(scored, key=lambda c: (c["best_eval_loss"], c["name"])) if scored else fulls[0]
+    base = base_eval_loss
+    if base is None:
+        for c in fulls:
+            ev = (by_name.get(c["name"]) or {}).get("eval") or []
+            if ev and ev[0][0] == 0 and _finite(ev[0][1]):
+                base = ev[0][1]
+                break
+    loss = ref.get("best_eval_loss")
+    gain = base - loss if _finite(base) and _finite(loss) else None
+    adapters = [c for c in configs if c.get("variant") != "full"]
+    for c in adapters:
+        own = base - c["best_eval_loss"] if _finite(base) and _finite(c.get("best_eval_loss")) else None
+        c["full_ft_gain_fraction"] = own / gain if own is not None and gain is not None and gain > 0 else None
+    per_rank = []
+    for r in sorted({int(c["r"]) for c in adapters}):
+        same = [c for c in adapters if int(c["r"]) == r]
+        best = min(same, key=lambda c: rank_key(c.get("best_eval_loss"), c.get("trainable_params", 0), c["name"]))
+        per_rank.append({
+            "r": r, "config": best["name"], "eval_loss": best.get("best_eval_loss"),
+            "full_ft_gain_fraction": best.get("full_ft_gain_fraction"),
+            "trainable_params": best.get("trainable_params"),
+            "params_vs_full": _ratio(best.get("trainable_params"), ref.get("trainable_params")),
+            "peak_memory_bytes": best.get("peak_memory_bytes"),
+            "memory_vs_full": _ratio(best.get("peak_memory_bytes"), ref.get("peak_memory_bytes")),
+            "train_seconds": best.get("train_seconds"),
+            "time_vs_full": _ratio(best.get("train_seconds"), ref.get("train_seconds")),
+        })
+    within = [p["r"] for p in per_rank if _finite(loss) and _finite(p["eval_loss"])
+              and p["eval_loss"] <= loss + FULL_FT_TOLERANCE * abs(loss)]
+    return {"config": ref["name"], "learning_rate": ref.get("learning_rate"), "base_eval_loss": base,
+            "eval_loss": loss, "gain": gain, "trainable_params": ref.get("trainable_params"),
+            "peak_memory_bytes": ref.get("peak_memory_bytes"), "train_seconds": ref.get("train_seconds"),
+            "per_rank": per_rank, "smallest_rank_within_1pct": min(within) if within else None}

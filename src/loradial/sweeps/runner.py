@@ -50,13 +50,15 @@ def eval_steps(start: int, end: int, every: int | None) -> list[int]:
 def _packs_for(settings: SweepSettings, alive: list[str], state: dict[str, Any]) -> list[list[str]]:
     """Packs of the configs alive at a rung: configs at the same step (the survivors, or refinements
     that join ``tune`` at step 0) are packed together, in config order."""
+    from loradial.sweeps.full_pack import pack_group
     from loradial.sweeps.pack import ConfigCost, make_packs
 
     costs = {c.name: ConfigCost(**c.model_dump()) for c in settings.costs}
     packs = []
     for step in sorted({state["configs"][n]["step"] for n in alive}, reverse=True):
         group = [n for n in alive if state["configs"][n]["step"] == step]
-        packs += make_packs([costs[n] for n in group], settings.budget_bytes, settings.pack_size)
+        packs += make_packs([costs[n] for n in group], settings.budget_bytes, settings.pack_size,
+                            group=pack_group(settings))  # a full config trains alone
     return packs
 
 
@@ -142,7 +144,8 @@ def halve(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: in
     """The rung-end decision: plain successive halving (stop the worse half, compared at the same step),
     or ``tune``'s policy (``sweeps/tuning.py``: stop unstable and behind configs, add refinements).
     Returns the settings, which hold the added configs (sweep.yaml is rewritten before state.json)."""
-    alive = [n for n in settings.names if state["configs"].get(n, {}).get("status") == "alive"]
+    full = {c.name for c in settings.configs if c.variant == "full"}  # the reference: never stopped
+    alive = [n for n in settings.names if state["configs"].get(n, {}).get("status") == "alive" and n not in full]
     step = settings.halving_boundaries[rung]
     losses = {n: state["configs"][n]["eval_loss"] for n in alive}
     if settings.tune is None:
@@ -157,7 +160,7 @@ def halve(sd: SweepDir, settings: SweepSettings, state: dict[str, Any], rung: in
         from loradial.sweeps.tuning import decide
 
         lines = [ln for ln in sd.read_metrics() if ln.get("adapter") in losses]
-        known = [c for c in settings.configs if c.name in state["configs"]]  # a replayed decision sees what the first saw
+        known = [c for c in settings.configs if c.name in state["configs"] and c.name not in full]  # a replayed decision sees what the first saw
         decision = decide(rung, settings.tune, known, alive, losses, verdicts(lines), step)
         settings, added = add_configs(sd, settings, ctx, decision.add)  # idempotent: a re-decision adds nothing twice
         fault(f"added:{rung}")
@@ -212,7 +215,8 @@ def run(sd: SweepDir, settings: SweepSettings, ctx: Any, progress: bool = False)
 def finish(sd: SweepDir, settings: SweepSettings, ctx: Any, *, wall_seconds: float, resumed: bool):
     """Write results.json (from metrics.jsonl + state.json), mark the sweep finished, clean work/."""
     from loradial.io import atomic_write_json
-    from loradial.sweeps.results import SweepResult, config_result, curves, lr_rank_fit, pick_best, verdicts
+    from loradial.sweeps.results import (SweepResult, config_result, curves, full_ft_comparison, lr_rank_fit,
+                                         pick_best, verdicts)
 
     state = sd.read_state()
     lines = sd.read_metrics()
@@ -228,19 +232,23 @@ def finish(sd: SweepDir, settings: SweepSettings, ctx: Any, *, wall_seconds: flo
             steps=curve["train"][-1][0] if curve and curve["train"] else 0, stopped_at=c["stopped_at"], pack=c["pack"], train_seconds=c["train_seconds"],
             peak_memory_bytes=c["peak_memory_bytes"], verdict=verdict.get(entry.name),
         ))
+        configs[-1]["train_seconds"] = c["train_seconds"]
     if settings.metric == "exact_match":
         _add_exact_match(sd, settings, state, configs)
     packs = state["rung_packs"]
+    adapters = [c for c in configs if c["variant"] != "full"]
+    base_loss = settings.tune.base_eval_loss if settings.tune is not None else None
+    full_ft = full_ft_comparison(configs, by_name, base_loss)
     result = SweepResult(
-        out=str(sd.root), best=pick_best(configs, settings.metric), configs=configs, lr_rank_fit=lr_rank_fit(configs),
+        out=str(sd.root), best=pick_best(adapters, settings.metric), configs=configs, lr_rank_fit=lr_rank_fit(adapters),
         n_packs=len(packs[0]) if packs else 0, packs=packs,
         settings=settings.model_dump(mode="json", exclude={"configs", "costs"}),
         devices=list(ctx.devices), wall_seconds=wall_seconds, resumed=resumed,
-        decisions=state.get("decisions") if settings.tune is not None else None,
+        decisions=state.get("decisions") if settings.tune is not None else None, full_ft=full_ft,
     )
     from loradial.adapters.card import write_model_card
 
-    for c in (c for c in configs if sd.adapter_dir(c["name"]).is_dir()):  # README.md + tokenizer beside each adapter
+    for c in (c for c in adapters if sd.adapter_dir(c["name"]).is_dir()):  # README.md + tokenizer beside each adapter
         write_model_card(sd.adapter_dir(c["name"]), {**c, **settings.train.model_dump(include={"batch_size", "grad_accum", "max_len"}),
                                                      "eval_loss": c["final_eval_loss"], "status": "stopped" if c["stopped_at"] else "done"})
     fault("finish")
@@ -256,7 +264,7 @@ def _add_exact_match(sd: SweepDir, settings: SweepSettings, state: dict[str, Any
     kept in state.json so a resumed finish does not decode again."""
     from loradial.adapters.generate import exact_match_of_adapters
 
-    done = [c["name"] for c in configs if c.get("stopped_at") is None and sd.adapter_dir(c["name"]).is_dir()]
+    done = [c["name"] for c in configs if c.get("stopped_at") is None and c.get("variant") != "full" and sd.adapter_dir(c["name"]).is_dir()]
     scores = state.setdefault("exact_match", {})
     todo = {n: sd.adapter_dir(n) for n in done if n not in scores}
     if todo:

@@ -52,17 +52,23 @@ class SegmentEnv:
     @classmethod
     def shared(cls, settings: SweepSettings, ctx: Any, device: str) -> "SegmentEnv":
         """This sweep's env on ``device``; the base model is loaded once per process and kept until ``release``."""
-        t = settings.train
-        key = (settings.model, device, t.dtype, t.load_in_4bit)
-        if key not in _MODELS:
-            from loradial.models.load import load_model
-
-            release()  # one base per process
-            _MODELS[key] = load_model(settings.model, dtype=t.dtype, load_in_4bit=t.load_in_4bit, device=device,
-                                      trust_remote_code=t.trust_remote_code)[0]
+        model = base_model(settings, device)
         tok = ctx.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return cls(settings, _MODELS[key], ctx.train, ctx.eval, pad, device)
+        return cls(settings, model, ctx.train, ctx.eval, pad, device)
+
+
+def base_model(settings: SweepSettings, device: str):
+    """The frozen base of this sweep on ``device``, loaded once per process (until ``release``)."""
+    t = settings.train
+    key = (settings.model, device, t.dtype, t.load_in_4bit)
+    if key not in _MODELS:
+        from loradial.models.load import load_model
+
+        release()  # one base per process
+        _MODELS[key] = load_model(settings.model, dtype=t.dtype, load_in_4bit=t.load_in_4bit, device=device,
+                                  trust_remote_code=t.trust_remote_code)[0]
+    return _MODELS[key]
 
 
 _MODELS: dict[tuple, Any] = {}
@@ -230,7 +236,8 @@ def run_segment(job: dict[str, Any], env: SegmentEnv, on_step: Callable[[int], N
 
     from loradial.adapters.format import save_adapter
     from loradial.engine.checkpoint import save_checkpoint
-
+    if env.model is None:  # a full segment gave the base back
+        env.model = base_model(env.settings, env.device)
     work = Path(job["work"])
     work.mkdir(parents=True, exist_ok=True)
     metrics = work / "metrics.jsonl"

@@ -38,7 +38,7 @@ def _grid_values(grid: str | Path | None, **flags: Any) -> dict[str, Any]:
     for key, val in flags.items():
         if val is not None:
             values[key] = val
-    for key in ("ranks", "variants", "targets", "lrs", "seeds"):  # YAML may give comma strings
+    for key in ("ranks", "variants", "targets", "lrs", "seeds", "full_lrs"):  # YAML may give comma strings
         if isinstance(values.get(key), (str, int, float)):
             values[key] = [v.strip() for v in str(values[key]).split(",")] if key != "targets" else [values[key]]
     return values
@@ -63,6 +63,7 @@ def build_configs(values: dict[str, Any]) -> list:
         [float(x) for x in values.get("lrs", [DEFAULT.lr])],
         float(values.get("lr_rank_exponent") or 0.0),
         [int(s) for s in values.get("seeds", [0])],
+        [float(x) for x in values["full_lrs"]] if values.get("full_lrs") is not None else None,
     )
 
 
@@ -92,7 +93,8 @@ def _model_dir(model: str | None) -> Path:
 
 def _config_entry(cfg, target_modules: Any, params: int) -> SweepConfigEntry:
     return validated(SweepConfigEntry, {
-        "name": cfg.name, "r": cfg.r, "lora_alpha": float(cfg.lora_alpha), "variant": cfg.variant,
+        "name": cfg.name, "r": None if cfg.variant == "full" else cfg.r,
+        "lora_alpha": None if cfg.variant == "full" else float(cfg.lora_alpha), "variant": cfg.variant,
         "use_rslora": cfg.use_rslora, "use_dora": cfg.use_dora, "targets": cfg.targets,
         "target_modules": target_modules, "learning_rate": float(cfg.learning_rate), "seed": cfg.seed,
         "trainable_params": params}, "grid")
@@ -114,12 +116,14 @@ def adapter_configs(settings: SweepSettings, names: list[str]) -> list:
     return [AdapterConfig(n, config_spec(c, t.dropout), lr=c.learning_rate, seed=c.seed, schedule=t.schedule,
                           warmup_ratio=t.warmup_ratio, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
                           max_grad_norm=t.max_grad_norm)
-            for n in names for c in [settings.config(n)]]
+            for n in names for c in [settings.config(n)] if c.variant != "full"]  # full: sweeps/full_segment.py
 
 
 def _targeted(entry: SweepConfigEntry, info) -> list:
     from loradial.models.targets import matched_modules
 
+    if entry.variant == "full":  # every parameter, no LoRA module
+        return []
     spec = config_spec(entry)
     return [(m, spec.rank_for(m.name)) for m in matched_modules(spec, info)]
 
@@ -149,14 +153,15 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
             eval_data, eval_fraction, eval_every, halving, halving_at, gpu_memory, devices, pack_size,
             checkpoint_every, train: TrainSettings, ray=None, ray_workers=None,
             tune=None, metric="eval_loss", max_new_tokens=MAX_NEW_TOKENS,
-            memory_fraction=SweepSettings.model_fields["memory_fraction"].default) -> tuple[SweepSettings, Context]:
+            memory_fraction=SweepSettings.model_fields["memory_fraction"].default,
+            full_lrs=None) -> tuple[SweepSettings, Context]:
     """Validate everything and return (the SweepSettings sweep.yaml will hold, in-memory context)."""
     from loradial.models.resolve import inspect_model
     from loradial.models.targets import resolve_targets
     from loradial.sweeps.halving import parse_fractions, rung_boundaries
 
     values = _grid_values(grid, ranks=ranks, alphas=alphas, variants=variants, targets=targets, lrs=lrs,
-                          lr_rank_exponent=lr_rank_exponent, seeds=seeds)
+                          lr_rank_exponent=lr_rank_exponent, seeds=seeds, full_lrs=full_lrs)
     configs = build_configs(values)
     from loradial.sweeps.pack import check_fraction
 
@@ -211,10 +216,11 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     resolved: dict[str, Any] = {}
     for cfg in configs:
         if cfg.targets not in resolved:
-            resolved[cfg.targets] = resolve_targets(cfg.targets, info)
+            resolved[cfg.targets] = "full" if cfg.variant == "full" else resolve_targets(cfg.targets, info)
         entry = _config_entry(cfg, resolved[cfg.targets], 0)
         targeted[cfg.name] = _targeted(entry, info)
-        entry.trainable_params = _trainable_params(targeted[cfg.name], cfg.use_dora)
+        entry.trainable_params = (int(info.total_params) if cfg.variant == "full"
+                                  else _trainable_params(targeted[cfg.name], cfg.use_dora))
         entries.append(entry)
     settings = validated(SweepSettings, dict(
         base, steps=n_steps, epochs=epochs, eval_every=eval_every, halving=bool(halving),
@@ -226,8 +232,10 @@ def resolve(*, model, data, ranks, alphas, variants, targets, lrs, lr_rank_expon
     adapter_configs(settings, settings.names)  # the engine's own checks, before anything is written
     settings.budget_bytes, costs = memory_costs(settings, info, targeted, train_ex, devices, gpu_memory)
     settings.costs = costs
+    from loradial.sweeps.full_pack import check_full_fits
     from loradial.sweeps.pack import ConfigCost, make_packs
 
+    check_full_fits(settings)
     make_packs([ConfigCost(**c.model_dump()) for c in settings.costs], settings.budget_bytes, pack_size)  # fit check
     return settings, Context(info, tokenizer, train_ex, ev, targeted, devices)
 
@@ -264,6 +272,11 @@ def memory_costs(settings: SweepSettings, info, targeted, train, devices, gpu_me
     quant = "4bit" if t.load_in_4bit else "none"
     costs = []
     for entry in settings.configs:
+        if getattr(entry, "variant", None) == "full":  # its own pack, one model copy: nothing per extra member
+            from loradial.sweeps.full_pack import full_cost
+
+            costs.append(ConfigCostEntry(**dataclasses.asdict(full_cost(entry.name, info, t, t.max_len))))
+            continue
         shape = AdapterShape(tuple(targeted[entry.name]), entry.use_dora, t.dropout)
 
         def est(n, shape=shape):
