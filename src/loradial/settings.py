@@ -62,8 +62,8 @@ class TrainSettings(_Settings):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Frozen base weights: auto = bf16 on a GPU, fp32 on a CPU."""
     cuda_graphs: bool = False
-    """Replay the steady-state training step as one CUDA graph (GPU only; batches padded to max_len; no dropout,
-    gradient checkpointing or 4-bit base)."""
+    """Experimental, not yet run on a GPU by the project: replay the steady-state training step as one CUDA graph
+    (GPU only; batches padded to max_len; no dropout, gradient checkpointing or 4-bit base)."""
     load_in_4bit: bool = False
     """Quantize the frozen base to NF4 (QLoRA; needs bitsandbytes: a CUDA GPU, or on a CPU bitsandbytes >= 0.48)."""
     trust_remote_code: bool = False
