@@ -31,9 +31,9 @@ from loradial.flows.demo import DEMO_DATA, DEMO_MODEL
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
-    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--ranks", default="4,8,16,32,64,128,256")
-    ap.add_argument("--lrs", default="1e-3,3e-3")
+    ap.add_argument("--lrs", default="1e-3,3e-3,1e-2")
     ap.add_argument("--full-lrs", default=None, help="default: each of --lrs / 10")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=96)
