@@ -198,7 +198,7 @@ def test_memory_fraction_scales_the_budget(monkeypatch):
     from loradial.sweeps import pack
 
     monkeypatch.setattr(pack.os, "sysconf", lambda key: {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}[key])
-    assert pack.device_budget("cpu") == int(1000 * 4096 * 0.9) == int(1000 * 4096 * pack.MEMORY_FRACTION)
+    assert pack.device_budget("cpu") == int(1000 * 4096 * 0.85) == int(1000 * 4096 * pack.MEMORY_FRACTION)
     assert pack.device_budget("cpu", memory_fraction=0.5) == 1000 * 4096 // 2
     assert pack.device_budget("cpu", 2.0, memory_fraction=0.5) == 2 * pack.GiB  # --gpu-memory is the budget itself
     for bad in (0, 1.5, -0.1, True):

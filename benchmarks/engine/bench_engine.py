@@ -14,7 +14,7 @@ steps are excluded; the clock stops after a device synchronisation. CUDA graphs 
 gradient checkpointing (the 7B shape): that row says so instead of a number.
 
     python benchmarks/engine/bench_engine.py --out benchmarks/engine/results.md   # H100, all shapes
-    python benchmarks/engine/bench_engine.py --quick --out quick.md               # H100, < 6 min
+    python benchmarks/engine/bench_engine.py --quick --out quick.md               # H100: meant to take < 6 min (not yet timed)
     python benchmarks/engine/bench_engine.py --device cpu --out /tmp/cpu.md       # CPU, tiny shape (seconds)
 """
 
@@ -326,7 +326,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu (tiny shape, seconds)")
     ap.add_argument("--smoke", action="store_true", help="same as --device cpu")
-    ap.add_argument("--quick", action="store_true", help="0.5B and 1B shapes, fewer steps, 2 timed PEFT runs (< 6 min on an H100)")
+    ap.add_argument("--quick", action="store_true", help="0.5B and 1B shapes, fewer steps, 2 timed PEFT runs (meant to take < 6 min on an H100; not yet timed)")
     ap.add_argument("--models", default=None, help="comma-separated subset of " + ", ".join(SHAPES))
     ap.add_argument("--ks", default="1,8,16", help="adapter counts (default 1,8,16)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 8; quick 4; cpu 2)")

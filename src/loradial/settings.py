@@ -195,9 +195,10 @@ class SweepSettings(_Settings):
     pack_size: Optional[int] = Field(None, gt=0)
     gpu_memory: Optional[float] = Field(None, gt=0)
     """GiB per device the packer may plan for (default: the device's free memory × ``memory_fraction``)."""
-    memory_fraction: float = Field(0.9, gt=0, le=1, allow_inf_nan=False)
+    memory_fraction: float = Field(0.85, gt=0, le=1, allow_inf_nan=False)
     """Part of a device's free memory the packer fills with its estimate of the engine's peak
-    (``loradial.cost.engine_memory``); the rest absorbs allocator fragmentation."""
+    (``loradial.cost.engine_memory``); the rest absorbs allocator fragmentation and what the model does
+    not see (it is CPU-verified; its GPU check is owed, hence the old 0.85 margin)."""
     budget_bytes: Optional[int] = None
     train: TrainSettings = Field(default_factory=TrainSettings)
     """How every config trains (its ``dtype`` is the resolved compute dtype, never 'auto' here)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from loradial.errors import LoradialError
+from loradial.errors import LoradialError, runtime_failure
 
 WARMUP = 3
 
@@ -169,6 +169,6 @@ class GraphedStep:
             with torch.cuda.graph(g, stream=self.stream):
                 self._body()
         except Exception as err:  # an op that syncs with the host or changes shape: refuse, loudly
-            raise LoradialError(f"could not capture the training step as a CUDA graph: {err}",
-                                "train without --cuda-graphs (and report the model type)") from None
+            raise runtime_failure(f"could not capture the training step as a CUDA graph: {err}",
+                                  "train without --cuda-graphs (and report the model type)") from None
         self.graph = g

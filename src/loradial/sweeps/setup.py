@@ -266,7 +266,7 @@ def memory_costs(settings: SweepSettings, info, targeted, train, devices, gpu_me
     known = [b for b in budgets if b is not None]
     budget = min(known) if known else None
     cuda = kind(devices[0]) == "cuda"
-    ranks = set(all_ranks if all_ranks is not None else (c.r for c in settings.configs))
+    ranks = {r for r in (all_ranks if all_ranks is not None else (c.r for c in settings.configs)) if r is not None}
     total = max((x for x in totals if x is not None), default=None) or (budget if cuda else None)
     padding = padding_allowance(total, cuda) if len(ranks) > 1 else 0
     quant = "4bit" if t.load_in_4bit else "none"
